@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from mnistdiff.config import (Config, config_from_dict, config_to_dict, dump_yaml, load_config)
+from mnistdiff.errors import ConfigError
+
+CONFIGS = ["configs/seed.yaml", "configs/tiny.yaml"]
+
+
+def test_defaults_and_file(tmp_path):
+    assert load_config() == Config()
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 3.0e-4\nmodel:\n  channels: [16, 32]\n")
+    cfg = load_config(p)
+    assert cfg.train.lr == 3e-4 and cfg.model.channels == [16, 32]
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+def test_seed_recipe():
+    cfg = load_config("configs/seed.yaml")
+    assert (cfg.diffusion.timesteps, cfg.diffusion.schedule) == (500, "linear")
+    assert (cfg.diffusion.beta_start, cfg.diffusion.beta_end) == (1e-4, 0.02)
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.epochs) == (1e-4, 128, 40)
+    assert cfg.model.channels == [64, 128, 256] and cfg.model.emb_dim == 128
+
+
+def test_overrides():
+    cfg = load_config("configs/tiny.yaml", ["train.lr=2e-4", "model.channels=[32,64,128]",
+                                            "data.root=/tmp/x", "train.compile=true"])
+    assert cfg.train.lr == 2e-4  # YAML reads "2e-4" as a string; float fields accept it
+    assert cfg.model.channels == [32, 64, 128]
+    assert cfg.data.root == "/tmp/x" and cfg.train.compile is True
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.lrr=1"], "unknown key 'train.lrr' (did you mean 'lr'?); valid keys of train: batch_size"),
+    (["trian.lr=1"], "unknown section 'trian' (did you mean 'train'?)"),
+    (["train.lr=abc"], "train.lr: got 'abc', expected a number"),
+    (["train.batch_size=2.5"], "train.batch_size: got 2.5, expected an integer"),
+    (["train.batch_size=0"], "train.batch_size: got 0, must be >= 1"),
+    (["train.compile=maybe"], "train.compile: got 'maybe', expected true or false"),
+    (["sample.sampler=euler"], "sample.sampler: got 'euler', expected one of 'ddpm', 'ddim', 'dpmpp'"),
+    (["diffusion.label_dropout=1.5"], "diffusion.label_dropout: got 1.5, must be <= 1.0"),
+    (["diffusion.beta_start=0"], "diffusion.beta_start: got 0, must be > 0.0"),
+    (["model.channels=[8,16,32,64]"], "model.channels: got 4 levels"),
+    (["model.channels=[8,x]"], "model.channels: got [8, 'x'], expected a non-empty list of integers"),
+    (["sample.steps=900"], "sample.steps: got 900, must be <= diffusion.timesteps (500)"),
+    (["diffusion.beta_start=0.5"], "diffusion.beta_start (0.5) must be smaller than"),
+    (["train"], "override 'train' must look like section.key=value"),
+    (["lr=1"], "override key 'lr' must look like section.key"),
+])
+def test_validation_errors(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(bad)
+    bad.write_text("train: 3\n")
+    with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_round_trip_through_yaml(path):
+    cfg = load_config(path, ["train.lr=5e-4"])
+    again = config_from_dict(yaml.safe_load(dump_yaml(cfg)))
+    assert again == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
