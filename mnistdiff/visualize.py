@@ -1,14 +1,24 @@
-"""Pictures of digits: grids and PNG files."""
+"""Pictures of digits: grids, labelled rows, captioned frames, strips, GIFs and PNG files.
+
+Everything here is pure: uint8 arrays (or [-1, 1] tensors) in, PIL images out; only the
+``save_*`` functions touch the disk, and they write atomically (temp file + rename).
+Images are upscaled with nearest-neighbour so MNIST's pixels stay crisp.
+"""
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import MnistdiffError
 
 
 def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -44,16 +54,123 @@ def image_grid(images: torch.Tensor | np.ndarray, nrow: int, padding: int = 2, s
     return grid
 
 
-def save_image(image: Image.Image, path: str | Path) -> Path:
-    """Write an image atomically (temp file + rename), creating parent folders."""
+def _font(scale: int) -> ImageFont.FreeTypeFont:
+    """Pillow's bundled default font, sized to the upscaled 28-pixel rows."""
+    return ImageFont.load_default(size=8 + 4 * scale)
+
+
+def labelled_grid(images: torch.Tensor | np.ndarray, names: Sequence[str], *, max_cols: int = 32,
+                  padding: int = 2, scale: int = 1) -> Image.Image:
+    """One block of rows per class, its name drawn at the left.
+
+    ``images`` holds ``len(names)`` equal groups in order (N = len(names) * n). A group of n
+    images fills ceil(n / max_cols) rows of min(n, max_cols) cells; the name goes on its first row.
+    """
+    imgs = as_uint8(images)
+    n = len(imgs) // len(names)
+    if n * len(names) != len(imgs) or n == 0:
+        raise ValueError(f"{len(imgs)} images do not split into {len(names)} equal groups")
+    cols, rows_per_group = min(n, max_cols), -(-n // max_cols)
+    cells = np.zeros((len(names), rows_per_group * cols, *imgs.shape[1:]), dtype=np.uint8)
+    cells[:, :n] = imgs.reshape(len(names), n, *imgs.shape[1:])  # blank cells pad each group
+    grid = image_grid(cells.reshape(-1, *imgs.shape[1:]), nrow=cols, padding=padding, scale=scale)
+
+    font = _font(scale)
+    row_height = (imgs.shape[1] + padding) * scale
+    label_width = int(max(font.getlength(name) for name in names)) + 2 * padding * scale + 4
+    canvas = Image.new("L", (label_width + grid.width, grid.height), 0)
+    canvas.paste(grid, (label_width, 0))
+    draw = ImageDraw.Draw(canvas)
+    for g, name in enumerate(names):
+        y_mid = padding * scale + g * rows_per_group * row_height + (row_height - padding * scale) / 2
+        draw.text((label_width - padding * scale - 2, y_mid), name, fill=255, font=font, anchor="rm")
+    return canvas
+
+
+def add_caption(image: Image.Image, text: str, *, scale: int = 1) -> Image.Image:
+    """``image`` with a band of ``text`` (white on black, centred) underneath."""
+    font = _font(scale)
+    band = int(font.size * 1.6)
+    canvas = Image.new("L", (image.width, image.height + band), 0)
+    canvas.paste(image.convert("L"), (0, 0))
+    ImageDraw.Draw(canvas).text((image.width / 2, image.height + band / 2), text, fill=255,
+                                font=font, anchor="mm")
+    return canvas
+
+
+def animation_frames(frames: np.ndarray, captions: Sequence[str], *, scale: int = 4,
+                     padding: int = 2) -> list[Image.Image]:
+    """Frames (F, D, H, W) uint8 of D digits -> F captioned images, the digits side by side."""
+    return [add_caption(image_grid(f, nrow=f.shape[0], padding=padding, scale=scale), c, scale=scale)
+            for f, c in zip(frames, captions)]
+
+
+def frame_strip(frames: np.ndarray, *, scale: int = 2, padding: int = 2) -> Image.Image:
+    """Frames (F, D, H, W) uint8 -> one image with a row per digit and a column per frame."""
+    f, d, h, w = frames.shape
+    return image_grid(frames.transpose(1, 0, 2, 3).reshape(d * f, h, w), nrow=f, padding=padding,
+                      scale=scale)
+
+
+# --------------------------------------------------------------------------------- files
+
+def _write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write bytes to path via a temp file in the same folder and a rename, creating parents."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise MnistdiffError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Write an image atomically (temp file + rename), creating parent folders; the format
+    follows the suffix (PNG when unknown)."""
+    buf = io.BytesIO()
+    image.save(buf, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
+    return _write_atomic(path, buf.getvalue())
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+    """Write arrays into an uncompressed .npz atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return _write_atomic(path, buf.getvalue())
+
+
+def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: float = 10.0,
+                   hold: float = 1.0) -> Path:
+    """Write frames as a looping GIF, or as MP4 when the path ends in .mp4 (needs imageio's
+    ffmpeg plugin); the last frame stays on screen ``hold`` seconds longer."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    stack = np.stack([np.asarray(im.convert("L")) for im in images])  # (F, H, W) uint8
+    if path.suffix.lower() == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (only to give a clear error when it is missing)
+        except ImportError:
+            raise MnistdiffError("writing MP4 needs imageio's ffmpeg plugin: "
+                                 "pip install imageio[ffmpeg] (or write a .gif)") from None
+        stack = np.pad(stack, ((0, 0), (0, stack.shape[1] % 2), (0, stack.shape[2] % 2)))  # even size
+        held = np.repeat(stack[-1:], math.ceil(hold * fps), axis=0)
+        data = iio.imwrite("<bytes>", np.concatenate([stack, held]), extension=".mp4",
+                           plugin="FFMPEG", fps=fps, macro_block_size=2)
+    else:
+        durations = [1000.0 / fps] * len(stack)  # milliseconds per frame
+        durations[-1] += 1000.0 * hold
+        data = iio.imwrite("<bytes>", stack, extension=".gif", is_batch=True, mode="L",
+                           duration=durations, loop=0)
+    return _write_atomic(path, data)

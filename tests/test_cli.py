@@ -1,5 +1,6 @@
 """The CLI end to end, in-process through Typer's runner and as a real subprocess."""
 
+import os
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ from mnistdiff.cli import app
 runner = CliRunner()
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnistdiff", *args], capture_output=True, text=True)
+def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnistdiff", *args], capture_output=True,
+                          text=True, env=env)
 
 
 def test_version():
@@ -47,7 +49,8 @@ def test_debug_shows_traceback():
 
 
 def test_missing_data_is_one_line(tmp_path):
-    r = run("data", "info", "--data-dir", str(tmp_path), "--set", "data.download=false")
+    env = {k: v for k, v in os.environ.items() if k != "MNISTDIFF_DATA"}
+    r = run("data", "info", "--data-dir", str(tmp_path), "--set", "data.download=false", env=env)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "train-images-idx3-ubyte.gz" in r.stderr
 
