@@ -1,0 +1,172 @@
+"""Samplers: turn noise into images, given an ε-prediction function.
+
+Every sampler is a plain function with one signature (as in k-diffusion's sampling.py):
+
+    sampler(eps_fn, x, schedule, steps, *, generator=None, callback=None, clip_x0=True, ...) -> x0
+
+- `eps_fn(x_t, t) -> ε` with t an int64 (B,) tensor, e.g. `diffusion.guided_eps(...)`.
+- `x` (B, C, H, W) is the starting noise at t = T-1.
+- The sampler evaluates eps_fn once at each of `timesteps(T, steps)` (T-1 down to 0); the last
+  update goes to the clean image (ᾱ = 1, σ = 0), so the result is the final predicted x0.
+- `clip_x0` clamps each predicted x0 to [-1, 1] and recomputes ε from the clamped x0, so the
+  update stays on x_t = α_t x0 + σ_t ε (mixing a clamped x0 with the raw ε breaks at high guidance).
+- `callback(info)` is called after every step with info = {"i", "t", "x", "x0"}: the step index,
+  its timestep, x after the update and the predicted x0.
+- All noise comes from `generator`, so a seeded generator makes sampling deterministic.
+
+α_t = sqrt(ᾱ_t) and σ_t = sqrt(1 - ᾱ_t) as in diffusion.py; s denotes the next (less noisy) timestep.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from mnistdiff.diffusion import Schedule, eps_from_x0, predict_x0
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+Callback = Callable[[dict], None]
+
+
+def timesteps(T: int, steps: int) -> Tensor:
+    """`steps` evenly spaced timesteps from T-1 down to 0, int64 descending; steps == T gives all."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and the schedule's {T} timesteps, got {steps}")
+    return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+
+
+def _alpha_sigma(schedule: Schedule, ts: Tensor) -> list[tuple[float, float]]:
+    """(α_t, σ_t) for each t in ts, then (1, 0) for the clean image, as Python floats
+    (one device read per run, so the sampling loop itself never waits on the device)."""
+    alphas = schedule.sqrt_ab.cpu()[ts].tolist()
+    sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist()
+    return list(zip(alphas, sigmas)) + [(1.0, 0.0)]
+
+
+def _denoise(eps_fn: EpsFn, x: Tensor, t: int, schedule: Schedule, clip_x0: bool) -> tuple[Tensor, Tensor]:
+    """One network evaluation: predicted (x0, ε) at timestep t."""
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps = eps_fn(x, t_batch)
+    x0 = predict_x0(schedule, x, t_batch, eps)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(schedule, x, t_batch, x0)
+    return x0, eps
+
+
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def ddpm(
+    eps_fn: EpsFn,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip_x0: bool = True,
+) -> Tensor:
+    """Ancestral sampling from the DDPM posterior q(x_s | x_t, x0) (Ho et al. 2020, eq. 6-7),
+    on the strided schedule when steps < T (β_{t|s} = 1 - ᾱ_t / ᾱ_s, as in DDIM's appendix).
+
+    With steps == T the variance is σ² = β_t and this is exactly DDPM eq. 11 (without clipping).
+    With fewer steps it is the posterior variance β̃ = β_{t|s} (1 - ᾱ_s) / (1 - ᾱ_t), i.e. DDIM
+    with η = 1: σ² = β_{t|s} adds far too much noise on a coarse grid (DDIM paper, Table 1, σ̂).
+    """
+    ts = timesteps(schedule.T, steps)
+    coefs = _alpha_sigma(schedule, ts)
+    for i, t in enumerate(ts.tolist()):
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
+        x0, _ = _denoise(eps_fn, x, t, schedule, clip_x0)
+        beta = (s_t**2 - s_s**2) / a_s**2  # β_{t|s} = 1 - ᾱ_t/ᾱ_s, in a form accurate when tiny
+        # Posterior mean μ̃(x_t, x0), DDPM eq. 7 (on the last step, ᾱ_s = 1, it is x0).
+        x = (a_s * beta / s_t**2) * x0 + (a_t / a_s) * (s_s**2 / s_t**2) * x
+        if s_s > 0:
+            var = beta if steps == schedule.T else beta * s_s**2 / s_t**2
+            x = x + math.sqrt(var) * _noise_like(x, generator)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x
+
+
+@torch.no_grad()
+def ddim(
+    eps_fn: EpsFn,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip_x0: bool = True,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12) with σ_t(η) of eq. 16: η = 0 is deterministic (a first-order
+    solver of the probability-flow ODE), η = 1 is the DDPM posterior."""
+    ts = timesteps(schedule.T, steps)
+    coefs = _alpha_sigma(schedule, ts)
+    for i, t in enumerate(ts.tolist()):
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
+        x0, eps = _denoise(eps_fn, x, t, schedule, clip_x0)
+        # eq. 16: σ = η sqrt((1 - ᾱ_s) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_s)
+        sigma = eta * (s_s / s_t) * math.sqrt(1 - (a_t / a_s) ** 2)
+        x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * _noise_like(x, generator)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x
+
+
+@torch.no_grad()
+def dpmpp(
+    eps_fn: EpsFn,
+    x: Tensor,
+    schedule: Schedule,
+    steps: int,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip_x0: bool = True,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): a second-order multistep solver of the
+    probability-flow ODE in its data-prediction form, in λ_t = log(α_t / σ_t). Deterministic,
+    so `generator` is unused.
+
+        x_s = (σ_s / σ_t) x_t - α_s (e^{-h} - 1) D,   h = λ_s - λ_t,
+        D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,       r = h_prev / h
+
+    The first step and the last two (into t = 0, then to the clean image) are first order,
+    D = x0_t, like DPM-Solver's `lower_order_final`: on evenly spaced timesteps the λ gap into
+    t = 0 is several times the previous one (r ~ 0.25) and the 2M extrapolation overshoots.
+    """
+    ts = timesteps(schedule.T, steps)
+    coefs = _alpha_sigma(schedule, ts)
+    x0_prev, h_prev = None, 0.0
+    for i, t in enumerate(ts.tolist()):
+        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
+        x0, _ = _denoise(eps_fn, x, t, schedule, clip_x0)
+        if s_s == 0:
+            x = x0  # last step to the clean image: λ_s = ∞ and the update reduces to x0
+        else:
+            h = math.log(a_s / s_s) - math.log(a_t / s_t)
+            if x0_prev is None or i == len(ts) - 2:
+                d = x0  # first order (DDIM) on the first step and on the step into t = 0
+            else:
+                r = h_prev / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            x = (s_s / s_t) * x - a_s * math.expm1(-h) * d
+            h_prev = h
+        x0_prev = x0
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp": dpmpp}
