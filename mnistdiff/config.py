@@ -151,7 +151,10 @@ def _coerce(tp: Any, value: Any) -> Any:
     """Return value converted to type tp, or _MISSING when it does not fit."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return value if value in typing.get_args(tp) else _MISSING
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            return "on" if value else "off"  # YAML 1.1 reads a bare off/on as false/true
+        return value if value in choices else _MISSING
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None

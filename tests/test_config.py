@@ -35,6 +35,7 @@ def test_overrides():
     assert cfg.train.lr == 2e-4  # YAML reads "2e-4" as a string; float fields accept it
     assert cfg.model.channels == [32, 64, 128]
     assert cfg.data.root == "/tmp/x" and cfg.train.compile is True
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"  # YAML reads off as false
 
 
 @pytest.mark.parametrize("overrides, message", [
