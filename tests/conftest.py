@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from mnistdiff.data import DatasetSpec, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +43,22 @@ def make_idx_dataset(folder: Path, n_train: int = 200, n_test: int = 50, seed: i
 def synthetic_dir(tmp_path_factory) -> Path:
     """A small synthetic dataset (load it with verify=False: its checksums are not MNIST's)."""
     return make_idx_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
+def synthetic_overrides(folder: Path) -> list[str]:
+    """Config overrides that read the synthetic dataset in ``folder`` offline."""
+    return [f"data.root={json.dumps(str(folder))}", "data.verify=false", "data.download=false"]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(synthetic_dir, tmp_path_factory) -> Path:
+    """configs/tiny.yaml (plus an EMA) trained for its 20 steps on the synthetic data, on the CPU:
+    the run folder's checkpoints/last.pt."""
+    from mnistdiff.config import load_config
+    from mnistdiff.training import train
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml",
+                      [*synthetic_overrides(synthetic_dir), "train.ema_decay=0.9",
+                       "train.ema_warmup_steps=5"])
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    return train(cfg, run, device="cpu", progress=False).checkpoint

@@ -1,0 +1,222 @@
+"""Checkpoints and run folders: atomic writes, safe loads, finding the run to resume or sample
+from, rebuilding the model.
+
+A checkpoint is one ``torch.save``d dict of plain data (tensors, numbers, strings, lists, dicts),
+so it loads with ``torch.load(weights_only=True)`` and never runs code from the file:
+
+    format: "mnistdiff-checkpoint", format_version: 1, version, created (ISO-8601),
+    config: config_to_dict(cfg), step, epoch, batch, model: state_dict, ema: state_dict | None,
+    optimizer / scheduler / scaler: state_dict | None, rng: {torch, cuda, numpy, python},
+    train_seconds, images_seen
+
+A run folder ``runs/NAME/`` (see ``training.train``) keeps them in ``checkpoints/``:
+``step-000100.pt``... (the last ``keep_last``) and ``last.pt``, the newest, which is what
+``--resume`` and ``sample`` read, next to config.yaml, log.jsonl, samples/, loss.png and
+summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config, apply_overrides, config_from_dict, load_config
+from .errors import CheckpointError, MnistdiffError
+from .unet import ConditionalUNet
+
+FORMAT = "mnistdiff-checkpoint"
+FORMAT_VERSION = 1
+RUNS_DIR = Path("runs")
+LAST = "last.pt"
+_STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+# --------------------------------------------------------------------------------- writing
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes so that ``path`` is either the old file or the complete new one, never a
+    mix: a temp file in the same folder, flush + fsync, then an atomic rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also KeyboardInterrupt: never leave a half-written temp file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _serialize(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write one checkpoint dict atomically (the previous file survives a crash mid-write)."""
+    path = Path(path)
+    _write_atomic(path, _serialize(state))
+    return path
+
+
+def save_run_checkpoint(folder: str | Path, state: dict, keep_last: int) -> Path:
+    """Write ``step-NNNNNN.pt`` and ``last.pt`` into a run's checkpoints folder (serialized once),
+    then delete all but the newest ``keep_last`` step files. Returns the step file's path."""
+    folder = Path(folder)
+    data = _serialize(state)
+    step_path = folder / f"step-{state['step']:06d}.pt"
+    _write_atomic(step_path, data)
+    _write_atomic(folder / LAST, data)
+    step_files = sorted((int(m.group(1)), p) for p in folder.glob("step-*.pt")
+                        if (m := _STEP_FILE.fullmatch(p.name)))
+    for _, old in step_files[:-keep_last]:
+        old.unlink()
+    return step_path
+
+
+def rng_state() -> dict:
+    """Every global RNG state as plain data (weights_only-loadable: tensors, ints, lists)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(py_state), py_gauss],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where the devices exist)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+    keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+# --------------------------------------------------------------------------------- reading
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; CheckpointError when it is missing,
+    corrupted or not a mnistdiff checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile) as e:  # torch reports a truncated file in several of these ways
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint, corrupted or truncated "
+                              f"({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a mnistdiff checkpoint (no '{FORMAT}' marker)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer mnistdiff ({ckpt.get('version')}) "
+                              f"in format {ckpt['format_version']}; upgrade mnistdiff to read it")
+    return ckpt
+
+
+def resolve_checkpoint(spec: str | Path | None = None, runs_dir: str | Path = RUNS_DIR) -> Path:
+    """The checkpoint file a user means: a ``.pt`` file as is; a run folder -> its
+    ``checkpoints/last.pt``; None or ``"latest"`` -> the newest ``last.pt`` under ``runs_dir``."""
+    if spec is None or str(spec) == "latest":
+        candidates = sorted(Path(runs_dir).glob(f"*/checkpoints/{LAST}"),
+                            key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise CheckpointError(f"no checkpoint found under {runs_dir}/ (looked for "
+                                  f"{runs_dir}/*/checkpoints/{LAST}); train a model first or "
+                                  f"pass a checkpoint path")
+        return candidates[-1]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LAST, path / LAST):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path} holds no checkpoint (looked for checkpoints/{LAST})")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def run_folder(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint lives in (``runs/NAME`` for ``runs/NAME/checkpoints/x.pt``)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+
+
+def prepare_run(config: str | Path | None, overrides: list[str], out: str | Path | None,
+                resume: str | None) -> tuple[Config, Path, Path | None]:
+    """What the ``train`` command resolves: (config, run folder, checkpoint to resume or None).
+
+    ``resume`` is "latest" (the newest last.pt under ``out`` if given, else under runs/), a
+    checkpoint file or a run folder. Without ``--config`` a resumed run keeps its stored config
+    (``overrides`` still apply); the run folder defaults to the checkpoint's own."""
+    ckpt_path = None
+    if resume is not None:
+        ckpt_path = resolve_checkpoint(out if resume == "latest" and out else resume)
+    if config is None and ckpt_path is not None:
+        stored = load_checkpoint(ckpt_path)["config"]
+        cfg = config_from_dict(apply_overrides(stored, overrides))
+    else:
+        cfg = load_config(config, overrides)
+    if out is None and ckpt_path is not None:
+        out = run_folder(ckpt_path)
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = RUNS_DIR / f"{Path(config).stem if config else 'default'}-{stamp}"
+    return cfg, Path(out), ckpt_path
+
+
+def check_same_model(ckpt: dict, cfg: Config, where: str | Path) -> None:
+    """CheckpointError naming the first architecture setting (any model setting but dropout) that
+    differs between a checkpoint and cfg."""
+    stored = ckpt["config"].get("model", {})
+    for key, value in dataclasses.asdict(cfg.model).items():
+        if key != "dropout" and stored.get(key) != value:
+            raise CheckpointError(f"{where} was trained with model.{key}={stored.get(key)!r} but "
+                                  f"the config says {value!r}; the architecture cannot change "
+                                  f"when resuming")
+
+
+def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet, Config]:
+    """Rebuild the network from the checkpoint's config and load its weights (the EMA weights
+    when ``ema`` and the checkpoint has them). Returns the model in eval mode and the config."""
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except MnistdiffError as e:
+        raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
+    try:
+        model = ConditionalUNet(**dataclasses.asdict(cfg.model))
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's model config cannot be built: {e}") from None
+    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    names = model.state_dict().keys()
+    missing, unexpected = sorted(names - weights.keys()), sorted(weights.keys() - names)
+    if missing or unexpected:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model config "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in model.state_dict().items():
+        if tensor.shape != weights[name].shape:
+            raise CheckpointError(f"the checkpoint's weight '{name}' has shape "
+                                  f"{tuple(weights[name].shape)}, the model config needs "
+                                  f"{tuple(tensor.shape)}")
+    model.load_state_dict(weights)
+    return model.eval(), cfg
+

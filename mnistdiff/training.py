@@ -1,0 +1,494 @@
+"""The training loop, top to bottom: runtime, model, optimizer, EMA, loop, files.
+
+    result = train(load_config("configs/mnist.yaml"), "runs/mnist")
+
+One process per device; ``torchrun --nproc_per_node=N -m mnistdiff train ...`` runs N of them
+with DistributedDataParallel, each rank on its slice of every global batch, rank 0 writing files.
+
+Determinism: the data order is a function of (seed, epoch) (see ``data.BatchLoader``) and the
+random draws of step s (timesteps, noise, label dropout, dropout masks) come from the device's
+default generator seeded with (seed, s, rank). The position in training is therefore the whole
+random state: ``--resume`` continues bit-exactly on a CPU (with the same number of ranks).
+
+The hot loop never waits for the device: each step's loss stays on the device in a list and is
+read back once per flush (log / sample / checkpoint / stop points). A non-finite loss is found
+there, named by its step, and stops the run before anything is written, so the last checkpoint on
+disk is always a good one. Under DDP that flush is one all-reduce, which also lets all ranks agree
+on a stop request (SIGINT / SIGTERM) and on the loss they log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import __version__, diffusion
+from .checkpoint import (FORMAT, FORMAT_VERSION, LAST, check_same_model, load_checkpoint,
+                         rng_state, save_run_checkpoint, set_rng_state)
+from .config import Config, TrainConfig, config_to_dict, dump_yaml
+from .data import BatchLoader, load_dataset
+from .errors import ConfigError, MnistdiffError
+from .pipeline import Pipeline, resolve_device
+from .unet import ConditionalUNet, count_parameters
+from .visualize import image_grid, save_image
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this process computes."""
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype; None = fp32
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+
+def amp_name(rt: Runtime) -> str:
+    """"bfloat16", "float16" or "off", for messages."""
+    return str(rt.amp).removeprefix("torch.") if rt.amp else "off"
+
+
+@dataclass
+class TrainResult:
+    """What a training session did (also written to the run folder's summary.json)."""
+    out_dir: Path
+    checkpoint: Path | None   # the run's last.pt (None on ranks > 0)
+    step: int                 # optimizer steps done, resumed ones included
+    total_steps: int
+    images_seen: int
+    train_seconds: float      # wall time in the loop, resumed sessions included
+    images_per_s: float       # this session's training throughput (sampling/saving excluded)
+    peak_memory_mb: float     # CUDA: peak allocated; CPU: peak resident set of the process
+    final_loss: float | None  # mean loss of the last flushed interval
+    interrupted: bool         # stopped by SIGINT / SIGTERM
+
+
+# --------------------------------------------------------------------------------- runtime
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """train.amp -> the autocast dtype: auto is bf16 on CUDA (fp16 before Ampere), fp32 on CPU."""
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs CUDA; use bf16 or off on a CPU")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def setup_runtime(device: str, amp: str) -> Runtime:
+    """Pick the device; under torchrun (RANK / WORLD_SIZE set) join the process group."""
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    dev = resolve_device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise MnistdiffError(f"training runs on cpu or cuda, not {dev.type}")
+    if world_size > 1:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True      # TF32 convolutions
+        torch.backends.cudnn.benchmark = True       # fixed shapes: let cuDNN pick its kernels
+    return Runtime(dev, amp_dtype(amp, dev), rank, world_size)
+
+
+def seed_step(rt: Runtime, seed: int, step: int) -> None:
+    """Seed the device's default generator, which training_loss and dropout draw from, for
+    step ``step`` on this rank (distinct, reproducible streams per step and rank)."""
+    generator = (torch.cuda.default_generators[rt.device.index or 0] if rt.device.type == "cuda"
+                 else torch.default_generator)
+    generator.manual_seed(((seed * 1_000_003 + step) * 65_537 + rt.rank) % 2**63)
+
+
+# --------------------------------------------------------------------------------- parts
+
+def lr_factor(step: int, tc: TrainConfig, total_steps: int) -> float:
+    """Learning-rate multiplier at a step: linear warmup, then constant or cosine decay to 0
+    (SGDR, Loshchilov & Hutter 2017, eq. 5 without restarts)."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    if tc.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW; weight decay only on weight matrices and kernels (not biases or norms)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=tc.lr)
+
+
+def build_ema(model: nn.Module, decay: float) -> nn.Module | None:
+    """A frozen copy of the model to hold the exponential moving average of its weights (None
+    when decay is 0). The U-Net has no running statistics, so only parameters are averaged."""
+    if decay == 0:
+        return None
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float,
+               warmup_steps: int) -> None:
+    """After optimizer step ``step`` (1-based): ema <- decay * ema + (1 - decay) * model, and a
+    plain copy until ``warmup_steps``. One fused lerp, as torch.optim.swa_utils'
+    get_ema_multi_avg_fn does; not AveragedModel.update_parameters, which reads its step counter
+    on the host and so makes the CPU wait for the GPU at every step."""
+    weight = 1.0 if step <= warmup_steps else 1.0 - decay
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), weight)
+
+
+@dataclass
+class Parts:
+    """Everything that learns or carries state from step to step."""
+    model: ConditionalUNet  # the plain module: what checkpoints store and the EMA follows
+    net: nn.Module          # what the forward runs through: model, DDP(model), compiled
+    ddp: DistributedDataParallel | None
+    ema: ConditionalUNet | None  # the EMA copy of model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler  # a no-op unless amp is fp16
+    compiled: bool
+
+
+def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
+    """The model (the same initial weights on every rank), its EMA, the optimizer, LR schedule
+    and loss scaler; the forward runs through DDP across ranks and torch.compile if asked (CUDA)."""
+    tc, cuda = cfg.train, rt.device.type == "cuda"
+    torch.manual_seed(tc.seed)
+    memory_format = torch.channels_last if tc.channels_last and cuda else torch.contiguous_format
+    model = ConditionalUNet(**dataclasses.asdict(cfg.model))
+    model = model.to(rt.device, memory_format=memory_format)
+    ema = build_ema(model, tc.ema_decay)
+    optimizer = build_optimizer(model, tc)
+    ddp = None
+    if rt.world_size > 1:
+        ddp = DistributedDataParallel(model, device_ids=[rt.device.index] if cuda else None)
+    compiled = tc.compile and cuda
+    net = ddp or model
+    return Parts(
+        model, torch.compile(net) if compiled else net, ddp, ema, optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc, total_steps)),
+        torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16), compiled)
+
+
+def restore(parts: Parts, ckpt: dict) -> None:
+    """Load a checkpoint's training state into ``parts`` and the global RNGs."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if parts.ema is not None:
+        parts.ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+    if parts.scaler.is_enabled() and ckpt["scaler"] is not None:
+        parts.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+
+
+def train_step(parts: Parts, batches: Iterator, schedule: diffusion.Schedule, cfg: Config,
+               rt: Runtime, step: int) -> torch.Tensor:
+    """Optimizer step number ``step + 1``: ``grad_accum`` micro-batches, gradient clipping, the
+    update, the LR schedule and the EMA. Returns the mean loss, left on the device (no sync)."""
+    tc = cfg.train
+    seed_step(rt, tc.seed, step)
+    accum, total = tc.grad_accum, torch.zeros((), device=rt.device)
+    for micro in range(accum):
+        x0, y = next(batches)  # this rank's slice of the global batch: (B/W, 1, 28, 28), (B/W,)
+        last = micro == accum - 1
+        sync = contextlib.nullcontext() if parts.ddp is None or last else parts.ddp.no_sync()
+        with sync:
+            with rt.autocast():
+                loss = diffusion.training_loss(
+                    parts.net, schedule, x0, y, objective=cfg.diffusion.objective,
+                    min_snr_gamma=cfg.diffusion.min_snr_gamma,
+                    label_dropout=cfg.diffusion.label_dropout, null_label=cfg.model.num_classes)
+            parts.scaler.scale(loss / accum).backward()
+        total += loss.detach() / accum
+    if tc.grad_clip > 0:
+        parts.scaler.unscale_(parts.optimizer)
+        nn.utils.clip_grad_norm_(parts.model.parameters(), tc.grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scheduler.step()
+    if parts.ema is not None:
+        update_ema(parts.ema, parts.model, step + 1, tc.ema_decay, tc.ema_warmup_steps)
+    return total
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set ``requested``: the loop finishes its step, checkpoints and returns.
+    A second SIGINT aborts at once. Handlers are only installed in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested, self._previous = False, {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle)
+                              for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------------- run folder
+
+def append_log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop log records after ``step`` (left by a run that went on past the resumed checkpoint)."""
+    kept = [r for r in read_log(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_loss(log_path: Path, png_path: Path, title: str) -> Path | None:
+    """Loss (mean per log interval) against step, log scale, from the JSONL log."""
+    records = read_log(log_path)
+    if not records:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1.2)
+    ax.set(xlabel="optimizer step", ylabel="training loss", yscale="log", title=title)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def _progress(console, enabled: bool):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    return Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                    TextColumn("epoch {task.fields[epoch]:.2f}  loss {task.fields[loss]}  "
+                               "{task.fields[ips]} img/s"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, disable=not enabled or console is None)
+
+
+def batch_stream(loader: BatchLoader, micro: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Micro-batches forever, starting at global micro-batch index ``micro``."""
+    epoch, start = divmod(micro, len(loader))
+    while True:
+        yield from loader.epoch(epoch, start)
+        epoch, start = epoch + 1, 0
+
+
+def _gather(pending: list[torch.Tensor], stop: bool, rt: Runtime) -> tuple[list[float], bool]:
+    """The per-step losses since the last flush (mean over ranks) and whether any rank wants to
+    stop: the loop's one host-device sync (and, under DDP, its one extra all-reduce)."""
+    values = torch.stack([*pending, torch.tensor(float(stop), device=rt.device)])
+    if rt.world_size > 1:
+        dist.all_reduce(values)
+        values[:-1] /= rt.world_size
+    *losses, stops = values.tolist()
+    return losses, stops > 0
+
+
+# --------------------------------------------------------------------------------- the loop
+
+def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
+          device: str = "auto", progress: bool = True, console=None) -> TrainResult:
+    """Train ``cfg`` into the run folder ``out_dir``, continuing from the checkpoint file
+    ``resume`` if given. ``console`` (a rich Console) receives messages and the progress bar."""
+    rt = setup_runtime(device, cfg.train.amp)
+    try:
+        return _train(cfg, Path(out_dir), resume and Path(resume), rt, progress,
+                      console if rt.is_main else None)
+    finally:
+        if rt.world_size > 1:
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progress: bool,
+           console) -> TrainResult:
+    tc = cfg.train
+    say = console.print if console is not None else (lambda *args, **kwargs: None)
+    ckpt_dir, log_path = out_dir / "checkpoints", out_dir / "log.jsonl"
+    if resume is None and (ckpt_dir / LAST).exists():
+        raise MnistdiffError(f"{out_dir} already holds a run; continue it with --resume {out_dir} "
+                             f"or choose another --out")
+
+    # Data: the whole split on the device; this rank reads its slice of every global batch.
+    loader = BatchLoader(load_dataset(cfg.data, "train"), tc.batch_size, seed=tc.seed,
+                         rank=rt.rank, world_size=rt.world_size, device=rt.device)
+    total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
+    images_per_step = tc.batch_size * tc.grad_accum
+
+    parts = build_parts(cfg, rt, total_steps)
+    model, ema = parts.model, parts.ema
+    schedule = diffusion.make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
+                                       cfg.diffusion.beta_start, cfg.diffusion.beta_end, rt.device)
+    step, seconds_before = 0, 0.0
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        check_same_model(ckpt, cfg, resume)
+        restore(parts, ckpt)
+        step, seconds_before = ckpt["step"], ckpt["train_seconds"]
+        if step >= total_steps:
+            raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "
+                                 f"steps; raise train.max_steps (or train.epochs) to go on")
+
+    if rt.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(dump_yaml(cfg))
+        trim_log(log_path, step)
+        say(f"run folder [bold]{out_dir}[/]: config.yaml, checkpoints/, log.jsonl, samples/, "
+            f"loss.png, summary.json")
+        say(f"{count_parameters(model) / 1e6:.2f}M parameters on {rt.device} x{rt.world_size}, "
+            f"amp {amp_name(rt)}, compile {'on' if parts.compiled else 'off'}; steps {step} -> "
+            f"{total_steps} of {images_per_step} images ({len(loader)} batches per epoch)"
+            + (f", resumed from {resume}" if resume else ""))
+
+    def save() -> Path:
+        epoch, batch = divmod(step * tc.grad_accum, len(loader))
+        return save_run_checkpoint(ckpt_dir, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config_to_dict(cfg), "step": step, "epoch": epoch, "batch": batch,
+            "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
+            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else None,
+            "rng": rng_state(),
+            "train_seconds": seconds_before + time.perf_counter() - start,
+            "images_seen": step * images_per_step,
+        }, tc.keep_last)
+
+    batches = batch_stream(loader, step * tc.grad_accum)
+    pending: list[torch.Tensor] = []  # per-step losses on the device, since the last flush
+    window: list[float] = []          # per-step losses since the last log line
+    first_log_done = False
+    final_loss, interrupted = None, False
+    # Throughput counts training time only, not sampling or saving, and leaves out the first log
+    # interval (torch.compile, cuDNN autotuning) when there are more.
+    window_time, timed, warm = 0.0, [0, 0.0], [0, 0.0]  # [steps, seconds]
+    start = tick = time.perf_counter()
+    with StopRequest() as stop, _progress(console, progress) as bar:
+        task = bar.add_task("train", total=total_steps, completed=step,
+                            epoch=step * tc.grad_accum / len(loader), loss="-", ips="-")
+        while step < total_steps:
+            pending.append(train_step(parts, batches, schedule, cfg, rt, step))
+            step += 1
+            bar.advance(task)
+
+            at_end = step == total_steps
+            log_due = step % tc.log_every == 0 or at_end
+            sample_due = (tc.sample_every > 0 and step % tc.sample_every == 0) or at_end
+            save_due = step % tc.checkpoint_every == 0 or at_end
+            if not (log_due or sample_due or save_due or (stop.requested and rt.world_size == 1)):
+                continue
+
+            # Flush: read the losses back, stop on a non-finite one before anything is saved.
+            losses, stop_now = _gather(pending, stop.requested, rt)
+            for i, loss in enumerate(losses):
+                if not math.isfinite(loss):
+                    good = ckpt_dir / LAST
+                    kept = (f"the last good checkpoint is {good}" if good.exists()
+                            else "no checkpoint was written")
+                    raise MnistdiffError(f"loss is {loss} at step {step - len(losses) + i + 1}; "
+                                         f"stopped, {kept}. Try a lower train.lr, train.grad_clip "
+                                         f"> 0 or train.amp=off")
+            pending.clear()
+            window += losses
+            final_loss = sum(losses) / len(losses)
+            now = time.perf_counter()
+            window_time += now - tick
+            timed[0], timed[1] = timed[0] + len(losses), timed[1] + now - tick
+            if first_log_done:
+                warm[0], warm[1] = warm[0] + len(losses), warm[1] + now - tick
+            tick = now
+
+            if log_due and rt.is_main:
+                epoch = step * tc.grad_accum / len(loader)
+                loss, ips = sum(window) / len(window), len(window) * images_per_step / window_time
+                lr = parts.scheduler.get_last_lr()[0]
+                append_log(log_path, {"step": step, "epoch": round(epoch, 4), "loss": loss,
+                                      "lr": lr, "images_per_s": ips,
+                                      "elapsed_s": seconds_before + now - start})
+                bar.update(task, epoch=epoch, loss=f"{loss:.4f}", ips=f"{ips:,.0f}")
+                say(f"step {step:>7}/{total_steps}  epoch {epoch:6.2f}  loss {loss:.4f}  "
+                    f"lr {lr:.2e}  {ips:,.0f} img/s")
+            if log_due:
+                window, window_time, first_log_done = [], 0.0, True
+            if sample_due and rt.is_main:
+                pipe = Pipeline(ema or model, cfg, device=rt.device)
+                grid = pipe.sample(range(cfg.model.num_classes), n=8).images  # row c: class c
+                model.train()  # the pipeline put the network in eval mode
+                path = save_image(image_grid(grid, nrow=8, scale=2),
+                                  out_dir / "samples" / f"step-{step:06d}.png")
+                say(f"samples: {path}")
+            if (save_due or stop_now) and rt.is_main:
+                say(f"checkpoint: {save()}")
+            tick = time.perf_counter()
+            if stop_now:
+                interrupted = True
+                break
+
+    seconds = time.perf_counter() - start
+    result = TrainResult(
+        out_dir=out_dir, checkpoint=ckpt_dir / LAST if rt.is_main else None, step=step,
+        total_steps=total_steps, images_seen=step * images_per_step,
+        train_seconds=seconds_before + seconds,
+        images_per_s=images_per_step * (warm[0] / warm[1] if warm[0] else timed[0] / timed[1]),
+        peak_memory_mb=peak_memory_mb(rt.device), final_loss=final_loss, interrupted=interrupted)
+    if rt.is_main:
+        plot_loss(log_path, out_dir / "loss.png", f"{out_dir.name}: training loss")
+        summary = {k: str(v) if isinstance(v, Path) else v
+                   for k, v in dataclasses.asdict(result).items()}
+        summary.update(device=str(rt.device), world_size=rt.world_size, amp=amp_name(rt),
+                       compile=parts.compiled)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result

@@ -1,0 +1,144 @@
+"""Checkpoint files: atomic writes, safe loading, finding runs, rebuilding the model."""
+
+import os
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mnistdiff import checkpoint as ck
+from mnistdiff.config import Config, config_to_dict, load_config
+from mnistdiff.errors import CheckpointError
+
+
+def small_state(step: int) -> dict:
+    return {"format": ck.FORMAT, "format_version": ck.FORMAT_VERSION, "step": step,
+            "config": config_to_dict(Config()), "weights": torch.full((3,), float(step))}
+
+
+def test_saved_checkpoint_loads_with_weights_only(tmp_path):
+    path = ck.save_checkpoint(tmp_path / "a.pt", {**small_state(7), "rng": ck.rng_state()})
+    raw = torch.load(path, weights_only=True)  # no pickled code anywhere in the file
+    assert raw["step"] == 7 and torch.equal(raw["weights"], torch.full((3,), 7.0))
+    assert ck.load_checkpoint(path)["step"] == 7
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = ck.save_checkpoint(tmp_path / "last.pt", small_state(1))
+
+    def crash(fd):  # the data is written but the disk fails before the rename
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ck.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ck.save_checkpoint(path, small_state(2))
+    assert ck.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_run_checkpoints_keep_the_last_k_plus_last(tmp_path):
+    for step in (10, 20, 30, 40):
+        ck.save_run_checkpoint(tmp_path, small_state(step), keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "step-000030.pt",
+                                                          "step-000040.pt"]
+    assert ck.load_checkpoint(tmp_path / "last.pt")["step"] == 40
+
+
+def test_rng_state_round_trip():
+    state = ck.rng_state()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    ck.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert first[2] == again[2]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    (b"PK\x03\x04 truncated", "corrupted or truncated"),
+    ({"weights": torch.zeros(1)}, "not a mnistdiff checkpoint"),
+    ({**small_state(1), "format_version": 99}, "newer mnistdiff"),
+])
+def test_bad_checkpoints_raise_checkpoint_error(tmp_path, content, message):
+    path = tmp_path / "x.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError, match=message):
+        ck.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("keep", [5000, 0.5])
+def test_a_cut_checkpoint_is_reported(tiny_checkpoint, tmp_path, keep):
+    data = tiny_checkpoint.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[:keep if isinstance(keep, int) else int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="corrupted or truncated"):
+        ck.load_checkpoint(path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ck.FORMAT, "payload": os.getcwd}, path)  # a function, not data
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        ck.load_checkpoint(path)
+
+
+def test_resolve_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(CheckpointError, match="no checkpoint found"):
+        ck.resolve_checkpoint("latest", runs_dir=runs)
+    old = ck.save_checkpoint(runs / "old" / "checkpoints" / "last.pt", small_state(1))
+    new = ck.save_checkpoint(runs / "new" / "checkpoints" / "last.pt", small_state(2))
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    assert ck.resolve_checkpoint(None, runs_dir=runs) == new
+    assert ck.resolve_checkpoint("latest", runs_dir=runs) == new
+    assert ck.resolve_checkpoint(runs / "old") == old  # a run folder
+    assert ck.resolve_checkpoint(old) == old  # a file
+    assert ck.run_folder(old) == runs / "old"
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        ck.resolve_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="not found"):
+        ck.resolve_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_from_checkpoint_uses_ema_weights(tiny_checkpoint):
+    ckpt = ck.load_checkpoint(tiny_checkpoint)
+    assert ckpt["ema"] is not None and ckpt["ema"].keys() == ckpt["model"].keys()
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+    model, cfg = ck.model_from_checkpoint(ckpt)
+    assert not model.training and cfg.model.channels == [8, 16]
+    name = next(iter(ckpt["ema"]))
+    assert torch.equal(model.state_dict()[name], ckpt["ema"][name])
+    raw, _ = ck.model_from_checkpoint(ckpt, ema=False)
+    assert torch.equal(raw.state_dict()[name], ckpt["model"][name])
+    assert not torch.equal(ckpt["model"][name], ckpt["ema"][name])
+
+
+def test_weights_that_do_not_fit_the_stored_config(tiny_checkpoint):
+    ckpt = ck.load_checkpoint(tiny_checkpoint)
+    ckpt["config"]["model"]["channels"] = [8, 32]
+    with pytest.raises(CheckpointError, match="has shape"):
+        ck.model_from_checkpoint(ckpt)
+    ckpt["config"]["model"]["channels"] = [8, 16, 16]
+    with pytest.raises(CheckpointError, match="do not fit"):
+        ck.model_from_checkpoint(ckpt)
+
+
+def test_resuming_with_another_architecture_is_an_error(tiny_checkpoint):
+    ckpt = ck.load_checkpoint(tiny_checkpoint)
+    cfg = load_config(None, ["model.emb_dim=32"])
+    with pytest.raises(CheckpointError, match="model.channels"):
+        ck.check_same_model(ckpt, cfg, tiny_checkpoint)
+
+
+def test_prepare_run_resumes_with_the_stored_config(tiny_checkpoint):
+    run = tiny_checkpoint.parent.parent
+    cfg, out, path = ck.prepare_run(None, ["train.max_steps=40"], None, str(run))
+    assert path == tiny_checkpoint and out == run
+    assert cfg.train.max_steps == 40 and cfg.train.ema_decay == 0.9  # stored config + override
+    _, out, path = ck.prepare_run(None, [], run, "latest")
+    assert path == tiny_checkpoint and out == run

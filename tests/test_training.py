@@ -1,0 +1,202 @@
+"""The training loop on tiny configs on the CPU: learning, exact resume, signals, non-finite
+losses, DDP with two gloo processes, and the pieces (LR schedule, EMA) in closed form."""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, synthetic_overrides
+from torch import nn
+from typer.testing import CliRunner
+
+from mnistdiff import diffusion, training
+from mnistdiff.checkpoint import load_checkpoint
+from mnistdiff.cli import app
+from mnistdiff.config import TrainConfig, load_config
+from mnistdiff.data import BatchLoader, load_dataset
+from mnistdiff.errors import MnistdiffError
+from mnistdiff.unet import ConditionalUNet
+
+TINY = ROOT / "configs" / "tiny.yaml"
+# Everything that draws random numbers or carries state across steps is switched on.
+STATEFUL = ["model.dropout=0.1", "diffusion.label_dropout=0.2", "train.optimizer=adamw",
+            "train.weight_decay=0.01", "train.grad_accum=2", "train.warmup_steps=3",
+            "train.ema_decay=0.9", "train.ema_warmup_steps=2", "train.checkpoint_every=100",
+            "sample.steps=2"]
+
+
+def tiny_config(data_dir, *overrides: str):
+    return load_config(TINY, [*synthetic_overrides(data_dir), *overrides])
+
+
+def run(cfg, out, **kwargs) -> training.TrainResult:
+    return training.train(cfg, out, device="cpu", progress=False, **kwargs)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs"
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][i]["exp_avg_sq"])
+
+
+def test_lr_factor_warmup_then_cosine():
+    tc = TrainConfig(warmup_steps=4, lr_schedule="cosine")
+    assert [training.lr_factor(s, tc, 104) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert training.lr_factor(54, tc, 104) == pytest.approx(0.5)  # half way: cos(pi/2) = 0
+    assert training.lr_factor(104, tc, 104) == pytest.approx(0.0)
+    assert training.lr_factor(50, TrainConfig(lr_schedule="constant"), 104) == 1.0
+
+
+def test_ema_copies_during_warmup_then_averages():
+    model = nn.Linear(1, 1, bias=False)
+    ema = training.build_ema(model, decay=0.9)
+    assert not ema.weight.requires_grad and ema.weight is not model.weight
+    for step, w in enumerate([1.0, 2.0, 3.0, 4.0], start=1):
+        model.weight.data.fill_(w)
+        training.update_ema(ema, model, step, decay=0.9, warmup_steps=2)
+    # steps 1-2 copy (ema = 2), then ema <- 0.9 ema + 0.1 w for w = 3, 4
+    expected = 0.9 * (0.9 * 2.0 + 0.1 * 3.0) + 0.1 * 4.0
+    assert ema.weight.item() == pytest.approx(expected)
+    assert training.build_ema(model, decay=0.0) is None
+
+
+def test_a_run_writes_its_folder_and_the_loss_decreases(tiny_checkpoint):
+    run_dir = tiny_checkpoint.parent.parent
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [5, 10, 15, 20]
+    assert log[-1]["loss"] < 0.7 * log[0]["loss"]
+    for name in ("config.yaml", "loss.png", "summary.json", "samples/step-000020.png",
+                 "checkpoints/step-000010.pt", "checkpoints/step-000020.pt"):
+        assert (run_dir / name).is_file(), name
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch"]) == (20, 1, 8)  # 12 batches per epoch
+    assert ckpt["images_seen"] == 20 * 16 and ckpt["optimizer"] and ckpt["scaler"] is None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["step"] == 20 and summary["images_per_s"] > 0
+
+
+def test_resume_continues_exactly(synthetic_dir, tmp_path):
+    """2N steps in one go == N steps, then resume for N more (a longer max_steps)."""
+    whole = run(tiny_config(synthetic_dir, *STATEFUL, "train.max_steps=8"), tmp_path / "whole")
+    run(tiny_config(synthetic_dir, *STATEFUL, "train.max_steps=4"), tmp_path / "split")
+    split = run(tiny_config(synthetic_dir, *STATEFUL, "train.max_steps=8"), tmp_path / "split",
+                resume=tmp_path / "split" / "checkpoints" / "last.pt")
+    assert split.step == 8
+    assert_same_training_state(load_checkpoint(whole.checkpoint), load_checkpoint(split.checkpoint))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split/log.jsonl").open()]
+    assert steps == [4, 5, 8]  # one log, continued (log_every=5, plus each run's last step)
+
+
+def test_sigint_checkpoints_and_the_run_resumes_exactly(synthetic_dir, tmp_path, monkeypatch):
+    cfg = tiny_config(synthetic_dir, *STATEFUL, "train.lr_schedule=cosine", "train.max_steps=6")
+    whole = run(cfg, tmp_path / "whole")
+
+    real_step, calls = training.train_step, []
+
+    def interrupted_step(*args):
+        loss = real_step(*args)
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C came during step 3
+        return loss
+
+    monkeypatch.setattr(training, "train_step", interrupted_step)
+    stopped = run(cfg, tmp_path / "split")
+    assert stopped.interrupted and stopped.step == 3
+    assert load_checkpoint(stopped.checkpoint)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(training, "train_step", real_step)
+    resumed = run(cfg, tmp_path / "split", resume=stopped.checkpoint)
+    assert not resumed.interrupted and resumed.step == 6
+    assert_same_training_state(load_checkpoint(whole.checkpoint),
+                               load_checkpoint(resumed.checkpoint))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path,
+                                                                  monkeypatch):
+    real_loss, calls = diffusion.training_loss, []
+
+    def loss_that_explodes(*args, **kwargs):
+        calls.append(1)
+        loss = real_loss(*args, **kwargs)
+        return loss * math.inf if len(calls) == 7 else loss
+
+    monkeypatch.setattr(diffusion, "training_loss", loss_that_explodes)
+    cfg = tiny_config(synthetic_dir, "train.checkpoint_every=4", "train.log_every=100")
+    with pytest.raises(MnistdiffError, match=r"loss is (inf|nan) at step 7; .*last good"):
+        run(cfg, tmp_path / "run")
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def emulate_two_ranks(cfg, steps: int) -> dict:
+    """What two DDP ranks compute together, in one process: each rank's half of the global batch
+    with its own random stream, gradients averaged (the mean of the two halves' losses)."""
+    tc, rank = cfg.train, [training.Runtime(torch.device("cpu"), None, r, 2) for r in (0, 1)]
+    data = load_dataset(cfg.data)
+    halves = [BatchLoader(data, tc.batch_size, seed=tc.seed, rank=r, world_size=2).epoch(0)
+              for r in (0, 1)]
+    torch.manual_seed(tc.seed)
+    model = ConditionalUNet(**dataclasses.asdict(cfg.model))
+    optimizer = training.build_optimizer(model, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lambda s: training.lr_factor(s, tc, steps))
+    schedule = diffusion.make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
+                                       cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    for step in range(steps):
+        for r in (0, 1):
+            training.seed_step(rank[r], tc.seed, step)
+            x0, y = next(halves[r])
+            loss = diffusion.training_loss(model, schedule, x0, y,
+                                           label_dropout=cfg.diffusion.label_dropout)
+            (loss / 2).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    return model.state_dict()
+
+
+def test_ddp_with_two_gloo_processes_trains_on_the_global_batch(synthetic_dir, tmp_path):
+    sets = [*synthetic_overrides(synthetic_dir), "train.max_steps=4", "sample.steps=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mnistdiff", "train", "-c", str(TINY), "--out", str(tmp_path / "ddp"),
+           "--device", "cpu", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("training summary") == 1  # only rank 0 talks and writes
+
+    ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["images_seen"] == 4 * 16  # the global batch, not 2x
+    cfg = tiny_config(synthetic_dir, *sets[-2:])
+    expected = emulate_two_ranks(cfg, steps=4)
+    # Gloo sums the two ranks' gradients in another order than the emulation does; Adam's
+    # normalisation can turn that float noise into ~1e-5 weight differences after 4 steps, while
+    # a wrong batch or a missing rank moves weights by ~lr = 1e-3.
+    for name, tensor in expected.items():
+        torch.testing.assert_close(ckpt["model"][name], tensor, rtol=1e-4, atol=5e-5)
+
+
+def test_cli_train_then_resume(synthetic_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner, data = CliRunner(), ["--data-dir", str(synthetic_dir), "--set", "data.verify=false"]
+    first = runner.invoke(app, ["train", "-c", str(TINY), "--out", "runs/a", "--device", "cpu",
+                                "--no-progress", "--set", "train.max_steps=3", *data])
+    assert first.exit_code == 0, first.output
+    assert "training summary" in first.output and "3 / 3" in first.output
+    again = runner.invoke(app, ["train", "-c", str(TINY), "--out", "runs/a", *data])
+    assert isinstance(again.exception, MnistdiffError) and "--resume" in str(again.exception)
+    more = runner.invoke(app, ["train", "--resume", "latest", "--set", "train.max_steps=5",
+                               "--no-progress", "--device", "cpu", *data])
+    assert more.exit_code == 0, more.output
+    assert "5 / 5" in more.output and load_checkpoint("runs/a/checkpoints/last.pt")["step"] == 5
