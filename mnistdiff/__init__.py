@@ -1,3 +1,27 @@
-"""mnistdiff: a class-conditional diffusion model for MNIST, as a library and a CLI."""
+"""mnistdiff: a class-conditional diffusion model for MNIST, as a library and a CLI.
+
+    import mnistdiff
+    pipe = mnistdiff.load("runs/tiny")                  # or None: the newest run under runs/
+    images = pipe.sample(digits=[7], n=16).images       # uint8 (16, 28, 28)
+
+``load`` and ``Pipeline`` are imported on first use, so ``import mnistdiff`` (and
+``mnistdiff --version``) stays fast and does not import torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+__all__ = ["load", "Pipeline", "__version__"]
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline, load
+
+
+def __getattr__(name: str):
+    if name in ("load", "Pipeline"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'mnistdiff' has no attribute {name!r}")

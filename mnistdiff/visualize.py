@@ -98,15 +98,17 @@ def add_caption(image: Image.Image, text: str, *, scale: int = 1) -> Image.Image
     return canvas
 
 
-def animation_frames(frames: np.ndarray, captions: Sequence[str], *, scale: int = 4,
+def animation_frames(frames: torch.Tensor | np.ndarray, captions: Sequence[str], *, scale: int = 4,
                      padding: int = 2) -> list[Image.Image]:
     """Frames (F, D, H, W) uint8 of D digits -> F captioned images, the digits side by side."""
+    frames = np.asarray(frames)
     return [add_caption(image_grid(f, nrow=f.shape[0], padding=padding, scale=scale), c, scale=scale)
             for f, c in zip(frames, captions)]
 
 
-def frame_strip(frames: np.ndarray, *, scale: int = 2, padding: int = 2) -> Image.Image:
+def frame_strip(frames: torch.Tensor | np.ndarray, *, scale: int = 2, padding: int = 2) -> Image.Image:
     """Frames (F, D, H, W) uint8 -> one image with a row per digit and a column per frame."""
+    frames = np.asarray(frames)
     f, d, h, w = frames.shape
     return image_grid(frames.transpose(1, 0, 2, 3).reshape(d * f, h, w), nrow=f, padding=padding,
                       scale=scale)
@@ -150,20 +152,29 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
     return _write_atomic(path, buf.getvalue())
 
 
+def check_animation_path(path: str | Path) -> None:
+    """MnistdiffError unless ``path`` is a .gif, or a .mp4 and imageio's ffmpeg plugin is present."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise MnistdiffError(f"{path}: an animation must be a .gif or .mp4 file")
+    if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (imported only to find out whether it is there)
+        except ImportError:
+            raise MnistdiffError("writing MP4 needs imageio's ffmpeg plugin: "
+                                 "pip install imageio[ffmpeg] (or write a .gif)") from None
+
+
 def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: float = 10.0,
                    hold: float = 1.0) -> Path:
     """Write frames as a looping GIF, or as MP4 when the path ends in .mp4 (needs imageio's
     ffmpeg plugin); the last frame stays on screen ``hold`` seconds longer."""
     import imageio.v3 as iio
 
+    check_animation_path(path)
     path = Path(path)
     stack = np.stack([np.asarray(im.convert("L")) for im in images])  # (F, H, W) uint8
     if path.suffix.lower() == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401  (only to give a clear error when it is missing)
-        except ImportError:
-            raise MnistdiffError("writing MP4 needs imageio's ffmpeg plugin: "
-                                 "pip install imageio[ffmpeg] (or write a .gif)") from None
         stack = np.pad(stack, ((0, 0), (0, stack.shape[1] % 2), (0, stack.shape[2] % 2)))  # even size
         held = np.repeat(stack[-1:], math.ceil(hold * fps), axis=0)
         data = iio.imwrite("<bytes>", np.concatenate([stack, held]), extension=".mp4",

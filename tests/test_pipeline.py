@@ -1,0 +1,151 @@
+"""The sampling pipeline: defaults, validation, determinism, trajectories, loading, summaries."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import mnistdiff
+from mnistdiff import pipeline
+from mnistdiff.checkpoint import load_checkpoint, save_checkpoint
+from mnistdiff.config import load_config
+from mnistdiff.data import to_uint8
+from mnistdiff.errors import CheckpointError, MnistdiffError
+from mnistdiff.pipeline import Pipeline, frame_indices, load, resolve_device, summarize
+from mnistdiff.unet import ConditionalUNet, count_parameters
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    """An untrained tiny model: enough for shapes, validation and determinism."""
+    cfg = load_config(TINY)  # ddim, 10 steps, guidance 2, T = 50
+    torch.manual_seed(0)
+    return Pipeline(ConditionalUNet(**dataclasses.asdict(cfg.model)), cfg, device="cpu")
+
+
+def test_public_api_is_lazy():
+    assert mnistdiff.load is pipeline.load and mnistdiff.Pipeline is pipeline.Pipeline
+    with pytest.raises(AttributeError):
+        mnistdiff.no_such_name
+
+
+def test_frame_indices_keep_both_ends_and_crowd_the_end():
+    assert frame_indices(11, 11) == list(range(11))
+    idx = frame_indices(501, 30)
+    assert idx[0] == 0 and idx[-1] == 500 and len(idx) == 30
+    gaps = [b - a for a, b in zip(idx, idx[1:])]
+    assert min(gaps) >= 1 and gaps == sorted(gaps, reverse=True)
+    assert frame_indices(21, 20)[-3:] == [18, 19, 20]  # nearly every state: still distinct
+    with pytest.raises(ValueError):
+        frame_indices(5, 6)
+
+
+def test_devices():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad in ("gpu0", f"cuda:{torch.cuda.device_count()}"):
+        with pytest.raises(MnistdiffError):
+            resolve_device(bad)
+
+
+def test_sample_shapes_labels_and_checkpoint_defaults(pipe):
+    out = pipe.sample([3, 7], n=3, batch_size=4)
+    assert out.images.shape == (6, 28, 28) and out.images.dtype == torch.uint8
+    assert out.labels.tolist() == [3, 3, 3, 7, 7, 7] and out.labels.dtype == torch.int64
+    assert out.nfe == 10  # the config's sample.steps
+    assert pipe.sample(5, n=1, steps=4, sampler="dpmpp").nfe == 4
+
+
+def test_sample_is_reproducible_under_a_seed(pipe):
+    kw = dict(n=5, sampler="ddpm", steps=6, batch_size=4)  # ddpm: fresh noise at every step
+    a, b = pipe.sample([1, 2], seed=3, **kw), pipe.sample([1, 2], seed=3, **kw)
+    assert torch.equal(a.images, b.images)
+    assert not torch.equal(a.images, pipe.sample([1, 2], seed=4, **kw).images)
+
+
+def test_batches_are_seeded_by_index(pipe):
+    """Batch b draws from a generator seeded with seed * 1_000_003 + b (module docstring)."""
+    s = pipe.settings(steps=3)
+    out = pipe.sample([0, 1, 2], n=2, steps=3, seed=5, batch_size=4)
+    for b, start in enumerate((0, 4)):
+        y = out.labels[start:start + 4]
+        g = torch.Generator().manual_seed(5 * 1_000_003 + b)
+        x0, _ = pipe._denoise(torch.randn((len(y), 1, 28, 28), generator=g), y, s, g)
+        assert torch.equal(to_uint8(x0).squeeze(1), out.images[start:start + 4])
+
+
+def test_trajectory_runs_from_noise_to_the_sample(pipe):
+    frames, captions = pipe.trajectory([0, 3, 7], frames=6, seed=2)
+    assert frames.shape == (6, 3, 28, 28) and frames.dtype == torch.uint8
+    noise = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(2 * 1_000_003))
+    assert torch.equal(frames[0], to_uint8(noise).squeeze(1))
+    assert torch.equal(frames[-1], pipe.sample([0, 3, 7], n=1, seed=2).images)
+    assert captions[0] == "step 0/10  t=49" and captions[-1] == "step 10/10  clean"
+    assert len(pipe.trajectory([4], steps=3).frames) == 4  # default: every state when few
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(digits=[10]), "digit: got 10"),
+    (dict(digits=[-1]), "digit: got -1"),
+    (dict(digits=[]), "no digits"),
+    (dict(steps=0), "steps: got 0"),
+    (dict(steps=51), "steps: got 51"),
+    (dict(sampler="euler"), "unknown sampler 'euler'"),
+    (dict(guidance=-1.0), "guidance"),
+    (dict(eta=1.5), "eta"),
+    (dict(seed=-1), "seed"),
+    (dict(n=0), "n: got 0"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(frames=12), "frames: got 12"),  # 10 steps: the noise and 10 more states
+])
+def test_bad_requests_fail_before_any_work(pipe, monkeypatch, kwargs, message):
+    def no_work(*args, **kw):
+        raise AssertionError("sampled before validating")
+
+    monkeypatch.setattr(pipe, "_denoise", no_work)
+    common = {k: v for k, v in kwargs.items() if k not in ("n", "batch_size", "frames")}
+    common.setdefault("digits", [1])
+    if "frames" not in kwargs:
+        with pytest.raises(MnistdiffError, match=message):
+            pipe.sample(**common, n=kwargs.get("n", 2), batch_size=kwargs.get("batch_size"))
+    if "n" not in kwargs and "batch_size" not in kwargs:
+        with pytest.raises(MnistdiffError, match=message):
+            pipe.trajectory(**common, frames=kwargs.get("frames"))
+
+
+def test_load_trained_checkpoint(tiny_checkpoint):
+    pipe = load(tiny_checkpoint, device="cpu")
+    assert pipe.info["step"] == 20 and pipe.info["ema"] is True
+    assert pipe.classes == tuple("0123456789")
+    raw = load(tiny_checkpoint.parent.parent, device="cpu", ema=False)  # the run folder works too
+    assert raw.info["ema"] is False
+    assert not torch.equal(pipe.sample([7], n=2).images, raw.sample([7], n=2).images)
+
+
+def test_load_refuses_broken_checkpoints(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load(tmp_path / "missing.pt", device="cpu")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
+    with pytest.raises(CheckpointError):
+        load(truncated, device="cpu")
+    other = load_checkpoint(tiny_checkpoint)
+    other["config"]["model"]["channels"] = [16, 32]  # weights of [8, 16] under another architecture
+    save_checkpoint(tmp_path / "other.pt", other)
+    with pytest.raises(CheckpointError, match="shape"):
+        load(tmp_path / "other.pt", device="cpu")
+
+
+def test_summary_counts_match_the_model(pipe):
+    s = summarize(pipe.model, pipe.config)
+    total = count_parameters(pipe.model)
+    assert s["parameters"] == s["trainable_parameters"] == total
+    assert sum(layer["parameters"] for layer in s["layers"] if layer["depth"] == 1) == total
+    assert s["size_mb"] == pytest.approx(4 * total / 1e6)
+    # The stem conv alone: 28 * 28 outputs x 8 channels x (3 * 3 taps + bias) multiply-adds.
+    assert s["mult_adds_per_image"] > 28 * 28 * 8 * 10
+    assert s["sampler_defaults"] == {"sampler": "ddim", "steps": 10, "guidance": 2.0}
+    assert s["checkpoint"] is None
