@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import pickle
 import random
 import re
-import tempfile
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -33,7 +31,8 @@ import torch
 
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import CheckpointError, MnistdiffError
-from .unet import ConditionalUNet
+from .files import write_atomic
+from .unet import ConditionalUNet, build_model
 
 FORMAT = "mnistdiff-checkpoint"
 FORMAT_VERSION = 1
@@ -44,22 +43,6 @@ _STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 # --------------------------------------------------------------------------------- writing
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes so that ``path`` is either the old file or the complete new one, never a
-    mix: a temp file in the same folder, flush + fsync, then an atomic rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a half-written temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _serialize(state: dict) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -69,7 +52,7 @@ def _serialize(state: dict) -> bytes:
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write one checkpoint dict atomically (the previous file survives a crash mid-write)."""
     path = Path(path)
-    _write_atomic(path, _serialize(state))
+    write_atomic(path, _serialize(state))
     return path
 
 
@@ -79,8 +62,8 @@ def save_run_checkpoint(folder: str | Path, state: dict, keep_last: int) -> Path
     folder = Path(folder)
     data = _serialize(state)
     step_path = folder / f"step-{state['step']:06d}.pt"
-    _write_atomic(step_path, data)
-    _write_atomic(folder / LAST, data)
+    write_atomic(step_path, data)
+    write_atomic(folder / LAST, data)
     step_files = sorted((int(m.group(1)), p) for p in folder.glob("step-*.pt")
                         if (m := _STEP_FILE.fullmatch(p.name)))
     for _, old in step_files[:-keep_last]:
@@ -203,8 +186,8 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet
     except MnistdiffError as e:
         raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
     try:
-        model = ConditionalUNet(**dataclasses.asdict(cfg.model))
-    except ValueError as e:
+        model = build_model(cfg.model)
+    except MnistdiffError as e:
         raise CheckpointError(f"the checkpoint's model config cannot be built: {e}") from None
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     names = model.state_dict().keys()

@@ -138,11 +138,375 @@ def data_preview(
 
 # --------------------------------------------------------------------------------- train
 
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run folder (default: runs/<config name>-<time>, or the resumed "
+                                  "checkpoint's run folder).", show_default=False),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", "-r", metavar="latest|PATH",
+        help="Continue a run: 'latest' (the --out folder's, else the newest under runs/), a "
+             "checkpoint file or a run folder. Without --config the run keeps its stored config.",
+        show_default=False),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda "
+                                                        "or cuda:N."),
+    data_dir: Optional[Path] = DataDirOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a model into a run folder: checkpoints, log.jsonl, sample grids, loss.png.
+
+    Multi-GPU: torchrun --nproc_per_node=N -m mnistdiff train ... (same global batch)."""
+    from . import training
+    from .checkpoint import prepare_run
+
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f"data.root={json.dumps(str(data_dir))}")
+    cfg, run_dir, checkpoint = prepare_run(config, overrides, out_dir, resume)
+    result = training.train(cfg, run_dir, resume=checkpoint, device=device, progress=progress,
+                            console=out)
+    if result.checkpoint is None:  # ranks > 0 of a torchrun job print nothing
+        return
+    if result.interrupted:
+        out.print(f"[yellow]stopped at step {result.step} of {result.total_steps}[/]; "
+                  f"continue with: mnistdiff train --resume {run_dir}")
+    table = Table(title="training summary", show_header=False)
+    for name, value in [
+        ("run folder", str(run_dir)), ("checkpoint", str(result.checkpoint)),
+        ("steps", f"{result.step} / {result.total_steps}"),
+        ("images seen", f"{result.images_seen:,}"),
+        ("training time", (f"{result.train_seconds:.0f} s" if result.train_seconds < 120 else
+                           f"{result.train_seconds / 60:.1f} min") + " (all sessions)"),
+        ("throughput", f"{result.images_per_s:,.0f} images/s (this session)"),
+        ("peak memory", f"{result.peak_memory_mb:,.0f} MiB"),
+        ("final loss", "-" if result.final_loss is None else f"{result.final_loss:.4f}"),
+    ]:
+        table.add_row(name, value)
+    out.print(table)
+
 
 # --------------------------------------------------------------------------------- sample, animate, summarize
 
+CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="PATH",
+                             help="Checkpoint file, run folder or 'latest' (default: the newest "
+                                  "run under runs/).", show_default=False)
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
+EmaOpt = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them.")
+DigitOpt = typer.Option(None, "--digit", help="One digit (class label).", show_default=False)
+DigitsOpt = typer.Option(None, "--digits", metavar="0,3,7", help="Comma-separated digits.",
+                         show_default=False)
+AllOpt = typer.Option(False, "--all", help="Every class (the default).")
+SamplerOpt = typer.Option(None, "--sampler", help="ddpm, ddim or dpmpp (default: the checkpoint's "
+                                                  "sample.sampler).", show_default=False)
+StepsOpt = typer.Option(None, "--steps", help="Sampling steps, 1 to T (default: the checkpoint's "
+                                              "sample.steps).", show_default=False)
+GuidanceOpt = typer.Option(None, "--guidance", help="Classifier-free guidance scale w: 0 "
+                           "unconditional, 1 conditional, >1 stronger (default: the checkpoint's).",
+                           show_default=False)
+EtaOpt = typer.Option(None, "--eta", help="DDIM noise, 0 (deterministic) to 1.", show_default=False)
+SeedOpt = typer.Option(None, "--seed", help="Random seed (default: the checkpoint's sample.seed).",
+                       show_default=False)
+
+
+def _digit_choice(digit: Optional[int], digits: Optional[str], all_: bool) -> Optional[list[int]]:
+    """The digits asked for with --digit / --digits, or None for --all (the default)."""
+    given = [name for name, on in (("--digit", digit is not None), ("--digits", digits is not None),
+                                   ("--all", all_)) if on]
+    if len(given) > 1:
+        raise MnistdiffError(f"{' and '.join(given)} exclude each other; use one of them")
+    if digit is not None:
+        return [digit]
+    if digits is not None:
+        try:
+            return [int(d) for d in digits.split(",")]
+        except ValueError:
+            raise MnistdiffError(f"--digits: expected comma-separated integers like 0,3,7, "
+                                 f"got '{digits}'") from None
+    return None
+
+
+def _check_scale(scale: int) -> None:
+    if not 1 <= scale <= 16:
+        raise MnistdiffError(f"--scale: got {scale}, must be between 1 and 16")
+
+
+def _check_output(path: Optional[Path], option: str) -> None:
+    if path is not None and path.is_dir():
+        raise MnistdiffError(f"{option} {path} is a folder; give a file name")
+
+
+@app.command()
+def sample(
+    checkpoint: Optional[str] = CheckpointOpt,
+    digit: Optional[int] = DigitOpt, digits: Optional[str] = DigitsOpt, all_: bool = AllOpt,
+    n: int = typer.Option(16, "--n", help="Images per digit."),
+    sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
+    guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
+    seed: Optional[int] = SeedOpt,
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass "
+                                             "(default: the checkpoint's sample.batch_size).",
+                                             show_default=False),
+    out_path: Path = typer.Option(Path("samples.png"), "--out", "-o", help="Grid PNG to write."),
+    npz: Optional[Path] = typer.Option(None, "--npz", help="Also write the images as NPZ: images "
+                                       "uint8 (N,28,28), labels int64 (N,).", show_default=False),
+    individual: Optional[Path] = typer.Option(None, "--individual", metavar="DIR", help="Also "
+                                              "write one PNG per image into DIR.",
+                                              show_default=False),
+    scale: int = typer.Option(2, "--scale", help="Nearest-neighbour upscaling of the grid."),
+    device: str = DeviceOpt, ema: bool = EmaOpt,
+) -> None:
+    """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit)."""
+    import math
+
+    from rich.progress import Progress
+
+    from .pipeline import load
+    from .evaluation import save_npz_samples
+    from .visualize import image_grid, labelled_grid, save_image
+
+    choice = _digit_choice(digit, digits, all_)
+    _check_scale(scale)
+    for path, option in ((out_path, "--out"), (npz, "--npz")):
+        _check_output(path, option)
+    pipe = load(checkpoint, device=device, ema=ema)
+    wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
+    s = pipe.settings(sampler, steps, guidance, eta, seed)
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("sampling", total=len(wanted) * max(n, 1))
+        result = pipe.sample(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                             eta=s.eta, seed=s.seed, batch_size=batch_size,
+                             progress=lambda k: bar.advance(task, k))
+
+    if len(wanted) == 1:
+        grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=scale)
+    else:
+        grid = labelled_grid(result.images, [pipe.classes[c] for c in wanted], scale=scale)
+    written = [save_image(grid, out_path)]
+    if npz is not None:
+        written.append(save_npz_samples(npz, result.images, result.labels))
+    if individual is not None:
+        for i, (image, label) in enumerate(zip(result.images, result.labels.tolist())):
+            save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
+                       individual / f"{i:05d}-{label}.png")
+        written.append(f"{len(result.images)} PNGs into {individual}/")
+    out.print(f"{len(result.images)} images ({len(wanted)} digits x {n}) with {s.sampler}, "
+              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {result.nfe} NFE, "
+              f"{result.seconds:.1f} s")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def animate(
+    checkpoint: Optional[str] = CheckpointOpt,
+    digit: Optional[int] = DigitOpt, digits: Optional[str] = DigitsOpt, all_: bool = AllOpt,
+    sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
+    guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
+    seed: Optional[int] = SeedOpt,
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames, denser near the end "
+                                         "(default: steps + 1, at most 30).", show_default=False),
+    fps: float = typer.Option(10.0, "--fps", help="Frames per second."),
+    hold: float = typer.Option(1.0, "--hold", help="Seconds the final frame stays on screen."),
+    scale: int = typer.Option(4, "--scale", help="Nearest-neighbour upscaling."),
+    out_path: Path = typer.Option(Path("denoise.gif"), "--out", "-o", help="GIF to write (.mp4 "
+                                  "with imageio's ffmpeg plugin)."),
+    strip: Optional[Path] = typer.Option(None, "--strip", help="Also write the frames as one PNG: "
+                                         "a row per digit, a column per frame.", show_default=False),
+    device: str = DeviceOpt, ema: bool = EmaOpt,
+) -> None:
+    """Animate the reverse process, from pure noise to digits side by side."""
+    from .pipeline import load
+    from .visualize import animation_frames, check_animation_path, frame_strip, save_animation, save_image
+
+    choice = _digit_choice(digit, digits, all_)
+    _check_scale(scale)
+    if not fps > 0 or not hold >= 0:
+        raise MnistdiffError(f"--fps must be > 0 and --hold >= 0, got {fps} and {hold}")
+    _check_output(out_path, "--out")
+    _check_output(strip, "--strip")
+    check_animation_path(out_path)
+    pipe = load(checkpoint, device=device, ema=ema)
+    wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
+    s = pipe.settings(sampler, steps, guidance, eta, seed)
+    traj = pipe.trajectory(wanted, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                           eta=s.eta, seed=s.seed, frames=frames)
+
+    written = [save_animation(animation_frames(traj.frames, traj.captions, scale=scale), out_path,
+                              fps=fps, hold=hold)]
+    if strip is not None:
+        written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
+    out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, {s.steps} "
+              f"steps, guidance {s.guidance:g}, seed {s.seed}")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def summarize(
+    checkpoint: Optional[str] = CheckpointOpt,
+    config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+    depth: int = typer.Option(2, "--depth", help="Module nesting depth to list."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Layers, shapes, parameters and MACs of the U-Net, and how a checkpoint was trained."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .pipeline import checkpoint_info, summarize as summarize_model
+    from .unet import build_model
+
+    if depth < 1:
+        raise MnistdiffError(f"--depth: got {depth}, must be >= 1")
+    if checkpoint is not None and (config is not None or set_):
+        raise MnistdiffError("--checkpoint and --config/--set exclude each other; use one of them")
+    if config is not None or set_:
+        cfg = load_cfg(config, set_)
+        model, info = build_model(cfg.model), None
+    else:
+        path = resolve_checkpoint(checkpoint)
+        ckpt = load_checkpoint(path)
+        model, cfg = model_from_checkpoint(ckpt)
+        info = checkpoint_info(ckpt, path, ema=True)
+    summary = summarize_model(model, cfg, info, depth=depth)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+
+    table = Table("layer", "type", "output shape", "parameters", title="ConditionalUNet")
+    for layer in summary["layers"]:
+        shape = "x".join(map(str, layer["output_shape"])) if layer["output_shape"] else "--"
+        table.add_row("  " * (layer["depth"] - 1) + layer["name"], layer["type"], shape,
+                      f"{layer['parameters']:,}")
+    out.print(table)
+    d, sd = summary["diffusion"], summary["sampler_defaults"]
+    facts = {
+        "parameters": f"{summary['parameters']:,} ({summary['size_mb']:.2f} MB as float32)",
+        "multiply-accumulates": f"{summary['mult_adds_per_image'] / 1e6:,.1f} M per image and step",
+        "dataset": summary["dataset"],
+        "diffusion": f"{d['schedule']} schedule, T = {d['timesteps']}, predicts {d['objective']}",
+        "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
+    }
+    if info is not None:
+        ema_text = f"yes (decay {summary['ema_decay']:g})" if info["ema"] else "no"
+        facts.update({"checkpoint": info["path"], "training step": f"{info['step']:,}",
+                      "EMA weights": ema_text, "created": str(info["created"]),
+                      "mnistdiff version": str(info["version"])})
+    facts_table = Table(show_header=False, box=None)
+    for key, value in facts.items():
+        facts_table.add_row(f"[bold]{key}[/]", value)
+    out.print(facts_table)
+
 
 # --------------------------------------------------------------------------------- evaluate
+
+def _guidance_list(guidance: Optional[float], sweep: Optional[str]) -> Optional[list[float]]:
+    """The guidance scales asked for with --guidance / --guidance-sweep (None: the default)."""
+    if guidance is not None and sweep is not None:
+        raise MnistdiffError("--guidance and --guidance-sweep exclude each other; use one of them")
+    if sweep is None:
+        return None if guidance is None else [guidance]
+    try:
+        scales = [float(w) for w in sweep.split(",")]
+    except ValueError:
+        raise MnistdiffError(f"--guidance-sweep: expected comma-separated numbers like 0,1,2,3, "
+                             f"got '{sweep}'") from None
+    return scales
+
+
+@app.command()
+def evaluate(
+    checkpoint: Optional[str] = CheckpointOpt,
+    n: Optional[int] = typer.Option(None, "--n", help="Samples to generate, balanced across "
+                                    "classes (default: the checkpoint's eval.n).",
+                                    show_default=False),
+    sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
+    guidance: Optional[float] = GuidanceOpt,
+    sweep: Optional[str] = typer.Option(None, "--guidance-sweep", metavar="0,1,2,3",
+                                        help="Evaluate several guidance scales; also plots them.",
+                                        show_default=False),
+    eta: Optional[float] = EtaOpt, seed: Optional[int] = SeedOpt,
+    samples: Optional[Path] = typer.Option(None, "--samples", help="Score an existing NPZ "
+                                           "(images uint8 (N,28,28), labels (N,)) instead of "
+                                           "sampling a checkpoint.", show_default=False),
+    dataset: Optional[str] = DatasetOpt,
+    out_path: Path = typer.Option(Path("report.json"), "--out", "-o", help="JSON report to write."),
+    floor: bool = typer.Option(True, "--floor/--no-floor", help="Also score n real training "
+                               "images (the best a generator can hope for)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass.",
+                                             show_default=False),
+    data_dir: Optional[Path] = DataDirOpt, device: str = DeviceOpt, ema: bool = EmaOpt,
+) -> None:
+    """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
+    from . import evaluation
+    from .pipeline import load, resolve_device
+
+    scales = _guidance_list(guidance, sweep)
+    _check_output(out_path, "--out")
+    if samples is not None and (checkpoint is not None or scales is not None or n is not None):
+        raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
+    if n is not None and n < 2:
+        raise MnistdiffError(f"--n: got {n}, must be >= 2 (FID needs a covariance)")
+    if batch_size is not None and batch_size < 1:
+        raise MnistdiffError(f"--batch-size: got {batch_size}, must be >= 1")
+
+
+    if samples is not None:  # score someone's NPZ: no model needed
+        cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
+        images, labels = evaluation.load_npz_samples(samples)
+        source = {"samples": str(samples)}
+        pipe = None
+    else:
+        pipe = load(checkpoint, device=device, ema=ema)
+        cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
+        for w in scales or [None]:  # check every setting before the long work starts
+            pipe.settings(sampler, steps, w, eta, seed)
+        source = {"checkpoint": pipe.info.get("path"), "step": pipe.info.get("step")}
+    batch = batch_size or cfg.eval.batch_size
+    ref = evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
+                                    download=cfg.data.download,
+                                    device=resolve_device(device), batch_size=batch)
+    k = cfg.eval.knn_k
+
+    rows = []
+    if pipe is None:
+        rows.append(evaluation.score(images, labels, ref, k=k, batch_size=batch))
+    else:
+        classes = list(range(len(pipe.classes)))
+        per_class = max(1, round((n or pipe.config.eval.n) / len(classes)))
+        for w in scales or [None]:
+            s = pipe.settings(sampler, steps, w, eta, seed)
+            err.print(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
+                      f"guidance {s.guidance:g}) ...")
+            result = pipe.sample(classes, per_class, sampler=s.sampler, steps=s.steps,
+                                 guidance=s.guidance, eta=s.eta, seed=s.seed, batch_size=batch_size)
+            row = evaluation.score(result.images, result.labels, ref, k=k, batch_size=batch)
+            row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta,
+                       seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
+                       seconds_per_100=100 * result.seconds / len(result.images))
+            rows.append(row)
+    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k,
+                                      batch_size=batch) if floor else None
+    evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row), out_path)
+
+    table = Table("", "n", "accuracy", "FID", "precision", "recall", "NFE", "s / 100",
+                  title=f"{ref.dataset}: classifier features, FID vs the test set, k = {k}")
+    for row in rows:
+        name = f"guidance {row['guidance']:g}" if "guidance" in row else str(samples)
+        table.add_row(name, str(row["n"]), f"{row['accuracy']:.2%}", f"{row['fid']:.2f}",
+                      f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row.get("nfe", "-")),
+                      f"{row['seconds_per_100']:.2f}" if "seconds_per_100" in row else "-")
+    if floor_row is not None:
+        table.add_row("real (train)", str(floor_row["n"]), f"{floor_row['accuracy']:.2%}",
+                      f"{floor_row['fid']:.2f}", f"{floor_row['precision']:.3f}",
+                      f"{floor_row['recall']:.3f}", "-", "-", style="dim")
+    out.print(table)
+    worst = min(rows[-1]["per_class"], key=lambda c: -1 if c["accuracy"] is None else c["accuracy"])
+    if worst["accuracy"] is not None:
+        out.print(f"lowest class accuracy: {worst['class']} {worst['accuracy']:.2%}")
+    out.print(f"wrote {out_path}")
+    if len(rows) > 1:
+        plot = out_path.with_suffix(".png")
+        evaluation.plot_guidance_sweep(rows, plot)
+        out.print(f"wrote {plot}")
 
 
 # --------------------------------------------------------------------------------- entry point

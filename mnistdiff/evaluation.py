@@ -16,9 +16,8 @@ other papers computed in Inception space.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import torch.nn as nn
 from . import __version__
 from .data import find_data_dir, get_spec, load_split, to_model_range
 from .errors import MnistdiffError
+from .files import write_atomic
 
 ASSETS = Path(__file__).parent / "assets"
 MANIFEST = "manifest.json"
@@ -315,12 +315,13 @@ def real_floor(reference: Reference, n: int = 10000, seed: int = 0, *, k: int = 
 # --------------------------------------------------------------------------------- files
 
 def save_npz_samples(path: str | Path, images: torch.Tensor | np.ndarray,
-                     labels: torch.Tensor | np.ndarray) -> None:
-    """Write the samples format: ``images`` uint8 (N, 28, 28) and ``labels`` int64 (N,)."""
+                     labels: torch.Tensor | np.ndarray) -> Path:
+    """Write (atomically) the samples format: ``images`` uint8 (N, 28, 28) and ``labels`` int64 (N,)."""
     images = _as_images(images)[:, 0].cpu().numpy()
     labels = torch.as_tensor(labels).long().cpu().numpy()
-    with open(path, "wb") as f:
-        np.savez_compressed(f, images=images, labels=labels)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, labels=labels)
+    return write_atomic(path, buf.getvalue())
 
 
 def load_npz_samples(path: str | Path, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,22 +359,9 @@ def load_npz_samples(path: str | Path, num_classes: int = 10) -> tuple[torch.Ten
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
-def write_json(data: dict, path: str | Path) -> None:
-    """Write JSON atomically: a temp file in the same folder, flushed and fsynced, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write JSON atomically (see files.write_atomic)."""
+    return write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def make_report(reference: Reference, source: dict, results: list[dict],

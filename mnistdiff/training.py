@@ -46,7 +46,7 @@ from .config import Config, TrainConfig, config_to_dict, dump_yaml
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
 from .pipeline import Pipeline, resolve_device
-from .unet import ConditionalUNet, count_parameters
+from .unet import ConditionalUNet, build_model, count_parameters
 from .visualize import image_grid, save_image
 
 
@@ -185,8 +185,7 @@ def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
     tc, cuda = cfg.train, rt.device.type == "cuda"
     torch.manual_seed(tc.seed)
     memory_format = torch.channels_last if tc.channels_last and cuda else torch.contiguous_format
-    model = ConditionalUNet(**dataclasses.asdict(cfg.model))
-    model = model.to(rt.device, memory_format=memory_format)
+    model = build_model(cfg.model).to(rt.device, memory_format=memory_format)
     ema = build_ema(model, tc.ema_decay)
     optimizer = build_optimizer(model, tc)
     ddp = None

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import MnistdiffError
+from .files import write_atomic
 
 
 def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -116,40 +115,12 @@ def frame_strip(frames: torch.Tensor | np.ndarray, *, scale: int = 2, padding: i
 
 # --------------------------------------------------------------------------------- files
 
-def _write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write bytes to path via a temp file in the same folder and a rename, creating parents."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise MnistdiffError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_image(image: Image.Image, path: str | Path) -> Path:
     """Write an image atomically (temp file + rename), creating parent folders; the format
     follows the suffix (PNG when unknown)."""
     buf = io.BytesIO()
     image.save(buf, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
-    return _write_atomic(path, buf.getvalue())
-
-
-def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
-    """Write arrays into an uncompressed .npz atomically."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return _write_atomic(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 def check_animation_path(path: str | Path) -> None:
@@ -184,4 +155,4 @@ def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: floa
         durations[-1] += 1000.0 * hold
         data = iio.imwrite("<bytes>", stack, extension=".gif", is_batch=True, mode="L",
                            duration=durations, loop=0)
-    return _write_atomic(path, data)
+    return write_atomic(path, data)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mnistdiff import checkpoint as ck
+from mnistdiff import files
 from mnistdiff.config import Config, config_to_dict, load_config
 from mnistdiff.errors import CheckpointError
 
@@ -31,7 +32,7 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(fd):  # the data is written but the disk fails before the rename
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.os, "fsync", crash)
+    monkeypatch.setattr(files.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(path, small_state(2))
     assert ck.load_checkpoint(path)["step"] == 1

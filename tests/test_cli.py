@@ -25,7 +25,8 @@ def test_version():
 
 
 @pytest.mark.parametrize("cmd", [[], ["config"], ["config", "show"], ["data"], ["data", "info"],
-                                 ["data", "preview"]])
+                                 ["data", "preview"], ["train"], ["sample"], ["animate"],
+                                 ["summarize"], ["evaluate"]])
 def test_help(cmd):
     r = runner.invoke(app, [*cmd, "--help"])
     assert r.exit_code == 0 and "Usage" in r.output

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnistdiff.data import (BatchLoader, DatasetSpec, LabelledImages, describe, find_data_dir,
+from mnistdiff.data import (BatchLoader, LabelledImages, describe, find_data_dir,
                             load_split, read_idx, to_model_range, to_uint8, write_idx)
 from mnistdiff.errors import DataError
 

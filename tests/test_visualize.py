@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from mnistdiff.errors import MnistdiffError
+from mnistdiff.evaluation import save_npz_samples
 from mnistdiff.visualize import (add_caption, animation_frames, as_uint8, check_animation_path,
-                                 frame_strip, image_grid, labelled_grid, save_animation, save_image,
-                                 save_npz)
+                                 frame_strip, image_grid, labelled_grid, save_animation, save_image)
 
 CELL = 28 + 2  # an image plus the default padding
 
@@ -105,7 +105,7 @@ def test_animation_paths_are_checked(monkeypatch):
 
 def test_npz_and_png_round_trip(tmp_path):
     images, labels = digits(6), np.arange(6, dtype=np.int64)
-    path = save_npz(tmp_path / "deep" / "s.npz", images=images, labels=labels)
+    path = save_npz_samples(tmp_path / "deep" / "s.npz", images, labels)
     with np.load(path) as data:
         assert data["images"].dtype == np.uint8 and np.array_equal(data["images"], images)
         assert data["labels"].dtype == np.int64 and np.array_equal(data["labels"], labels)

@@ -1,0 +1,72 @@
+"""`mnistdiff evaluate` end to end: a tiny checkpoint, an NPZ of real digits, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mnistdiff.cli import app
+from mnistdiff.data import load_split
+from mnistdiff.evaluation import REPORT_KEYS, save_npz_samples
+
+runner = CliRunner()
+
+
+def invoke(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_evaluate_checkpoint_sweep(tiny_checkpoint, mnist_dir, tmp_path):
+    report = tmp_path / "report.json"
+    out = invoke("evaluate", "-k", tiny_checkpoint, "--n", 40, "--guidance-sweep", "0,2",
+                 "--steps", 5, "--data-dir", mnist_dir, "--out", report)
+    assert "real (train)" in out
+    data = json.loads(report.read_text())
+    assert set(REPORT_KEYS) <= set(data)
+    assert [r["guidance"] for r in data["results"]] == [0.0, 2.0]
+    for row in data["results"]:
+        assert row["n"] == 40 and row["steps"] == 5 and row["sampler"] == "ddim"
+        assert row["nfe"] == 5 and row["fid"] > 0 and 0 <= row["accuracy"] <= 1
+        assert [c["n"] for c in row["per_class"]] == [4] * 10  # balanced across classes
+    assert data["real_floor"]["n"] == 40 and data["real_floor"]["accuracy"] > 0.9
+    assert Image.open(report.with_suffix(".png")).size[0] > 100  # the sweep plot
+
+
+def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
+    images, labels = load_split(mnist_dir, "train")
+    npz = tmp_path / "real.npz"
+    save_npz_samples(npz, images[:500, 0], labels[:500])
+    report = tmp_path / "r.json"
+    invoke("evaluate", "--samples", npz, "--data-dir", mnist_dir, "--out", report, "--no-floor")
+    row = json.loads(report.read_text())["results"][0]
+    assert row["accuracy"] > 0.98 and row["fid"] < 5 and row["precision"] > 0.6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "1", "--guidance-sweep", "1,2"], "exclude each other"),
+    (["--guidance-sweep", "1,x"], "comma-separated numbers"),
+    (["--n", "1"], "must be >= 2"),
+    (["--samples", "missing.npz", "--n", "10"], "--samples scores a file"),
+    (["--samples", "missing.npz"], "missing.npz"),
+    (["--steps", "0"], "steps"),
+    (["--sampler", "euler"], "unknown sampler 'euler'"),
+])
+def test_evaluate_bad_input(tiny_checkpoint, tmp_path, args, message):
+    report = tmp_path / "r.json"
+    if "--samples" not in args:
+        args = ["-k", str(tiny_checkpoint), *args]
+    args = [a.replace("missing.npz", str(tmp_path / "missing.npz")) for a in args]
+    r = runner.invoke(app, ["evaluate", *args, "--out", str(report)])
+    assert r.exit_code != 0 and message in str(r.exception or r.output)
+    assert not report.exists()
+
+
+def test_bad_npz_is_a_clear_error(tmp_path, mnist_dir):
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, images=np.zeros((4, 32, 32), np.uint8), labels=np.zeros(4, np.int64))
+    r = runner.invoke(app, ["evaluate", "--samples", str(npz), "--data-dir", str(mnist_dir)])
+    assert r.exit_code != 0 and "28" in str(r.exception)
