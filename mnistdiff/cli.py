@@ -290,7 +290,8 @@ def sample(
             save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
                        individual / f"{i:05d}-{label}.png")
         written.append(f"{len(result.images)} PNGs into {individual}/")
-    out.print(f"{len(result.images)} images ({len(wanted)} digits x {n}) with {s.sampler}, "
+    what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
+    out.print(f"{len(result.images)} images ({what}) with {s.sampler}, "
               f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {result.nfe} NFE, "
               f"{result.seconds:.1f} s")
     for path in written:
