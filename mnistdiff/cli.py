@@ -439,6 +439,7 @@ def evaluate(
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
     from . import evaluation
     from .pipeline import load, resolve_device
+    from .visualize import plot_guidance_sweep
 
     scales = _guidance_list(guidance, sweep)
     _check_output(out_path, "--out")
@@ -506,7 +507,7 @@ def evaluate(
     out.print(f"wrote {out_path}")
     if len(rows) > 1:
         plot = out_path.with_suffix(".png")
-        evaluation.plot_guidance_sweep(rows, plot)
+        plot_guidance_sweep(rows, plot)
         out.print(f"wrote {plot}")
 
 

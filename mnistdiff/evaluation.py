@@ -387,26 +387,3 @@ def write_report(report: dict, path: str | Path) -> None:
     if missing:
         raise ValueError(f"report lacks {', '.join(missing)}")
     write_json(report, path)
-
-
-def plot_guidance_sweep(rows: list[dict], path: str | Path) -> None:
-    """PNG of FID and class accuracy against the guidance scale (rows: dicts with 'guidance',
-    'fid', 'accuracy'), on two y axes."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise MnistdiffError("the guidance-sweep plot needs matplotlib (pip install matplotlib)") \
-            from None
-    rows = sorted(rows, key=lambda r: r["guidance"])
-    w = [r["guidance"] for r in rows]
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot()
-    ax.plot(w, [r["fid"] for r in rows], "o-", color="C0")
-    ax.set_xlabel("guidance scale w")
-    ax.set_ylabel("FID (classifier features)", color="C0")
-    ax2 = ax.twinx()
-    ax2.plot(w, [100 * r["accuracy"] for r in rows], "s--", color="C1")
-    ax2.set_ylabel("class accuracy (%)", color="C1")
-    ax.set_title("sample quality against guidance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)

@@ -47,7 +47,7 @@ from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
 from .pipeline import Pipeline, resolve_device
 from .unet import ConditionalUNet, build_model, count_parameters
-from .visualize import image_grid, save_image
+from .visualize import image_grid, plot_loss, save_image
 
 
 @dataclass(frozen=True)
@@ -282,26 +282,6 @@ def trim_log(path: Path, step: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
-def plot_loss(log_path: Path, png_path: Path, title: str) -> Path | None:
-    """Loss (mean per log interval) against step, log scale, from the JSONL log."""
-    records = read_log(log_path)
-    if not records:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1.2)
-    ax.set(xlabel="optimizer step", ylabel="training loss", yscale="log", title=title)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
-
-
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -484,7 +464,10 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
         images_per_s=images_per_step * (warm[0] / warm[1] if warm[0] else timed[0] / timed[1]),
         peak_memory_mb=peak_memory_mb(rt.device), final_loss=final_loss, interrupted=interrupted)
     if rt.is_main:
-        plot_loss(log_path, out_dir / "loss.png", f"{out_dir.name}: training loss")
+        records = read_log(log_path)
+        if records:
+            plot_loss([r["step"] for r in records], [r["loss"] for r in records],
+                      out_dir / "loss.png", f"{out_dir.name}: training loss")
         summary = {k: str(v) if isinstance(v, Path) else v
                    for k, v in dataclasses.asdict(result).items()}
         summary.update(device=str(rt.device), world_size=rt.world_size, amp=amp_name(rt),

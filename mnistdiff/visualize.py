@@ -156,3 +156,49 @@ def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: floa
         data = iio.imwrite("<bytes>", stack, extension=".gif", is_batch=True, mode="L",
                            duration=durations, loop=0)
     return write_atomic(path, data)
+
+
+# --------------------------------------------------------------------------------- plots
+
+def _figure(width: float = 7, height: float = 4):
+    """A matplotlib Figure that does not touch pyplot's global state (imported lazily)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise MnistdiffError("plots need matplotlib (pip install matplotlib)") from None
+    return Figure(figsize=(width, height), dpi=120)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return write_atomic(path, buf.getvalue())
+
+
+def plot_loss(steps: Sequence[int], losses: Sequence[float], path: str | Path,
+              title: str = "training loss") -> Path:
+    """Training loss (mean per log interval) against the optimizer step, log scale."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(steps, losses, lw=1.2)
+    ax.set(xlabel="optimizer step", ylabel="training loss", yscale="log", title=title)
+    ax.grid(alpha=0.3, which="both")
+    return _save_figure(fig, path)
+
+
+def plot_guidance_sweep(rows: Sequence[dict], path: str | Path) -> Path:
+    """FID and class accuracy against the guidance scale (rows: dicts with 'guidance', 'fid',
+    'accuracy'), on two y axes."""
+    rows = sorted(rows, key=lambda r: r["guidance"])
+    w = [r["guidance"] for r in rows]
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    ax.plot(w, [r["fid"] for r in rows], "o-", color="C0")
+    ax.set_xlabel("guidance scale w")
+    ax.set_ylabel("FID (classifier features)", color="C0")
+    ax2 = ax.twinx()
+    ax2.plot(w, [100 * r["accuracy"] for r in rows], "s--", color="C1")
+    ax2.set_ylabel("class accuracy (%)", color="C1")
+    ax.set_title("sample quality against guidance")
+    return _save_figure(fig, path)

@@ -226,12 +226,6 @@ def test_report_has_every_field_and_round_trips_through_json(reference, noise_me
 
 # --------------------------------------------------------------------------------- files
 
-def test_guidance_sweep_plot_is_a_png(tmp_path):
-    rows = [{"guidance": w, "fid": 5.0 / (1 + w), "accuracy": 0.9 + 0.02 * w} for w in (0, 1, 2, 3)]
-    ev.plot_guidance_sweep(rows, tmp_path / "sweep.png")
-    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_samples_npz_round_trips(tmp_path):
     images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
     labels = torch.arange(20) % 10

@@ -11,7 +11,8 @@ from PIL import Image
 from mnistdiff.errors import MnistdiffError
 from mnistdiff.evaluation import save_npz_samples
 from mnistdiff.visualize import (add_caption, animation_frames, as_uint8, check_animation_path,
-                                 frame_strip, image_grid, labelled_grid, save_animation, save_image)
+                                 frame_strip, image_grid, labelled_grid, plot_guidance_sweep,
+                                 plot_loss, save_animation, save_image)
 
 CELL = 28 + 2  # an image plus the default padding
 
@@ -111,3 +112,11 @@ def test_npz_and_png_round_trip(tmp_path):
         assert data["labels"].dtype == np.int64 and np.array_equal(data["labels"], labels)
     png = save_image(image_grid(images, nrow=3), tmp_path / "g.png")
     assert np.array_equal(np.asarray(Image.open(png)), np.asarray(image_grid(images, nrow=3)))
+
+
+def test_plots_are_pngs(tmp_path):
+    rows = [{"guidance": w, "fid": 5.0 / (1 + w), "accuracy": 0.9 + 0.02 * w} for w in (0, 1, 2, 3)]
+    for path in (plot_guidance_sweep(rows, tmp_path / "sweep.png"),
+                 plot_loss([10, 20, 30], [0.5, 0.2, 0.1], tmp_path / "deep" / "loss.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(path).size[0] > 300
