@@ -106,9 +106,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as e:  # torch reports a truncated file in several of these ways
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
         raise CheckpointError(f"{path}: not a readable checkpoint, corrupted or truncated "
-                              f"({reason[:120]})") from None
+                              f"({reason[:100] or type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mnistdiff checkpoint (no '{FORMAT}' marker)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
