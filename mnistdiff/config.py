@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,9 +24,10 @@ from .errors import ConfigError
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False) -> Any:
-    """A dataclass field with a help text and an optional numeric range [lo, hi] (or (lo, hi])."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open}
+       lo_open: bool = False, hi_open: bool = False) -> Any:
+    """A dataclass field with a help text and an optional numeric range [lo, hi] (either end
+    may be open). Every number must also be finite: YAML's .nan and .inf are refused."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,7 +61,7 @@ class DiffusionConfig:
     beta_start: float = _f(1e-4, "first beta of the linear schedule", lo=0.0, hi=1.0, lo_open=True)
     beta_end: float = _f(0.02, "last beta of the linear schedule", lo=0.0, hi=1.0, lo_open=True)
     objective: Literal["eps", "v"] = _f("eps", "what the network predicts")
-    min_snr_gamma: float = _f(0.0, "min-SNR-gamma loss weighting (0 = off)", lo=0.0)
+    min_snr_gamma: float = _f(0.0, "min-SNR-gamma loss weighting (0 = off)", lo=0.0, hi=1000.0)
     label_dropout: float = _f(0.0, "probability of training on the null label (for guidance)",
                               lo=0.0, hi=1.0)
 
@@ -69,14 +71,17 @@ class TrainConfig:
     batch_size: int = _f(128, "global batch size (split across GPUs)", lo=1)
     epochs: int = _f(40, "epochs to train (ignored when max_steps > 0)", lo=1)
     max_steps: int = _f(0, "optimizer steps to train (0 = use epochs)", lo=0)
-    lr: float = _f(1e-4, "peak learning rate", lo=0.0, lo_open=True)
+    lr: float = _f(1e-4, "peak learning rate", lo=0.0, hi=1.0, lo_open=True)
     optimizer: Literal["adam", "adamw"] = _f("adam", "optimizer")
-    weight_decay: float = _f(0.0, "weight decay", lo=0.0)
+    weight_decay: float = _f(0.0, "weight decay", lo=0.0, hi=1.0)
     lr_schedule: Literal["constant", "cosine"] = _f("constant", "learning-rate schedule after warmup")
     warmup_steps: int = _f(0, "linear learning-rate warmup steps", lo=0)
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)", lo=0.0)
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)", lo=0.0, hi=1e6)
     grad_accum: int = _f(1, "micro-batches accumulated per optimizer step", lo=1)
-    ema_decay: float = _f(0.0, "EMA decay of the weights (0 = no EMA)", lo=0.0, hi=1.0)
+    ema_decay: float = _f(0.0, "EMA decay of the weights per step, the longest average it may "
+                                "reach (0 = no EMA)", lo=0.0, hi=1.0, hi_open=True)
+    ema_rampup: float = _f(0.05, "the EMA's half-life is at most this fraction of the images seen "
+                                 "so far (0 = a fixed ema_decay)", lo=0.0, hi=1.0)
     ema_warmup_steps: int = _f(0, "steps before the EMA starts averaging (it copies until then)",
                                lo=0)
     amp: Literal["auto", "off", "bf16", "fp16"] = _f("auto", "mixed precision (auto: bf16 on CUDA, "
@@ -95,7 +100,7 @@ class SampleConfig:
     sampler: Literal["ddpm", "ddim", "dpmpp"] = _f("dpmpp", "default sampler")
     steps: int = _f(20, "default sampling steps (<= diffusion.timesteps)", lo=1)
     guidance: float = _f(1.0, "classifier-free guidance scale w (0 = unconditional, "
-                              "1 = conditional)", lo=0.0)
+                              "1 = conditional)", lo=0.0, hi=100.0)
     eta: float = _f(0.0, "DDIM eta (0 = deterministic)", lo=0.0, hi=1.0)
     clip_x0: bool = _f(True, "clip the predicted x0 to [-1, 1] at every step")
     seed: int = _f(0, "sampling seed", lo=0)
@@ -192,16 +197,19 @@ def _check_value(section: str, f: dataclasses.Field, tp: Any, value: Any) -> Any
     out = _coerce(tp, value)
     if out is _MISSING:
         raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")
-    lo, hi, lo_open = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("lo_open")
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+    lo_open, hi_open = f.metadata.get("lo_open"), f.metadata.get("hi_open")
+    upper = f" and {'<' if hi_open else '<='} {hi}" if hi is not None else ""
     for v in (out if isinstance(out, list) else [out]):
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if not math.isfinite(v):  # .nan slips through every comparison, .inf through open ranges
+            raise ConfigError(f"{key}: got {value!r}, must be a finite number")
         if lo is not None and (v < lo or (lo_open and v == lo)):
             bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise ConfigError(f"{key}: got {value!r}, must be {bound}"
-                              + (f" and <= {hi}" if hi is not None else ""))
-        if hi is not None and v > hi:
-            raise ConfigError(f"{key}: got {value!r}, must be <= {hi}")
+            raise ConfigError(f"{key}: got {value!r}, must be {bound}{upper}")
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            raise ConfigError(f"{key}: got {value!r}, must be {'<' if hi_open else '<='} {hi}")
     return out
 
 
@@ -291,6 +299,11 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:  # e.g. a checkpoint passed as --config
+        raise ConfigError(f"{p}: not a YAML text file (binary data; a checkpoint goes to "
+                          f"--checkpoint, not --config)") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

@@ -54,6 +54,20 @@ def test_overrides():
     (["diffusion.beta_start=0.5"], "diffusion.beta_start (0.5) must be smaller than"),
     (["train"], "override 'train' must look like section.key=value"),
     (["lr=1"], "override key 'lr' must look like section.key"),
+    # issue 13: non-finite numbers and out-of-range floats
+    (["train.lr=.nan"], "train.lr: got nan, must be a finite number"),
+    (["train.lr=.inf"], "train.lr: got inf, must be a finite number"),
+    (["train.lr=5"], "train.lr: got 5, must be <= 1.0"),
+    (["train.ema_decay=.nan"], "train.ema_decay: got nan, must be a finite number"),
+    (["train.ema_decay=1"], "train.ema_decay: got 1, must be < 1.0"),
+    (["train.ema_rampup=-0.1"], "train.ema_rampup: got -0.1, must be >= 0.0 and <= 1.0"),
+    (["train.grad_clip=-.inf"], "train.grad_clip: got -inf, must be a finite number"),
+    (["train.weight_decay=.nan"], "train.weight_decay: got nan, must be a finite number"),
+    (["diffusion.min_snr_gamma=.inf"], "diffusion.min_snr_gamma: got inf, must be a finite"),
+    (["diffusion.beta_end=.nan"], "diffusion.beta_end: got nan, must be a finite number"),
+    (["model.dropout=.nan"], "model.dropout: got nan, must be a finite number"),
+    (["sample.guidance=.inf"], "sample.guidance: got inf, must be a finite number"),
+    (["sample.eta=.nan"], "sample.eta: got nan, must be a finite number"),
 ])
 def test_validation_errors(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -72,6 +86,9 @@ def test_file_errors(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_config(bad)
+    bad.write_bytes(b"PK\x03\x04\x80\xff\xfe binary")  # issue 13: a checkpoint as --config
+    with pytest.raises(ConfigError, match="not a YAML text file"):
+        load_config(bad)
     bad.write_text("train: 3\n")
     with pytest.raises(ConfigError, match="section 'train' must be a mapping"):
         load_config(bad)
@@ -83,3 +100,19 @@ def test_round_trip_through_yaml(path):
     again = config_from_dict(yaml.safe_load(dump_yaml(cfg)))
     assert again == cfg
     assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_every_float_key_refuses_nan_and_inf():
+    """issue 13: .nan and .inf pass every range comparison, so each float key checks finiteness."""
+    import dataclasses
+    import typing
+
+    from mnistdiff.config import SECTIONS
+
+    floats = [f"{name}.{f.name}" for name, cls in SECTIONS.items()
+              for f in dataclasses.fields(cls) if typing.get_type_hints(cls)[f.name] is float]
+    assert "train.lr" in floats and len(floats) >= 12
+    for key in floats:
+        for bad in (".nan", ".inf", "-.inf"):
+            with pytest.raises(ConfigError, match="must be a finite number"):
+                load_config(None, [f"{key}={bad}"])
