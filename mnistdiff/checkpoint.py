@@ -111,10 +111,46 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                               f"({reason[:100] or type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a mnistdiff checkpoint (no '{FORMAT}' marker)")
-    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+    version = ckpt.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: damaged checkpoint (format_version is {version!r}, "
+                              f"not an integer)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer mnistdiff ({ckpt.get('version')}) "
-                              f"in format {ckpt['format_version']}; upgrade mnistdiff to read it")
+                              f"in format {version}; upgrade mnistdiff to read it")
+    check_structure(ckpt, path)
     return ckpt
+
+
+def _is_state_dict(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in value.items())
+
+
+def check_structure(ckpt: dict, where: str | Path) -> None:
+    """CheckpointError (one line) unless the fields every reader uses have the right types and the
+    weights are finite. The marker alone proves little: a hand-edited or half-converted file can
+    carry it with a missing config or a tensor where a state dict belongs, which would otherwise
+    surface as a KeyError deep in a reader; and NaN weights would sample black images with exit 0."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{where}: damaged checkpoint ({what})")
+
+    if not isinstance(ckpt.get("config"), dict):
+        raise bad(f"'config' is {type(ckpt.get('config')).__name__}, expected the stored config")
+    for key in ("step", "epoch", "batch"):
+        value = ckpt.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(f"'{key}' is {value!r}, expected an integer >= 0")
+    if not _is_state_dict(ckpt.get("model")):
+        raise bad(f"'model' is {type(ckpt.get('model')).__name__}, expected a state dict of "
+                  f"named tensors")
+    if ckpt.get("ema") is not None and not _is_state_dict(ckpt["ema"]):
+        raise bad(f"'ema' is {type(ckpt['ema']).__name__}, expected a state dict or None")
+    for part in ("model", "ema"):
+        for name, tensor in (ckpt.get(part) or {}).items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise bad(f"{part} weight '{name}' holds NaN or infinite values; the training "
+                          f"diverged before this checkpoint, use an earlier one")
 
 
 def resolve_checkpoint(spec: str | Path | None = None, runs_dir: str | Path = RUNS_DIR) -> Path:

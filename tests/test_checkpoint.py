@@ -16,7 +16,8 @@ from mnistdiff.errors import CheckpointError
 
 def small_state(step: int) -> dict:
     return {"format": ck.FORMAT, "format_version": ck.FORMAT_VERSION, "step": step,
-            "config": config_to_dict(Config()), "weights": torch.full((3,), float(step))}
+            "config": config_to_dict(Config()), "weights": torch.full((3,), float(step)),
+            "model": {"w": torch.zeros(2)}}
 
 
 def test_saved_checkpoint_loads_with_weights_only(tmp_path):
@@ -79,6 +80,32 @@ def test_a_cut_checkpoint_is_reported(tiny_checkpoint, tmp_path, keep):
     path.write_bytes(data[:keep if isinstance(keep, int) else int(len(data) * keep)])
     with pytest.raises(CheckpointError, match="corrupted or truncated"):
         ck.load_checkpoint(path)
+
+
+def _damaged(tiny_checkpoint, change) -> dict:
+    ckpt = ck.load_checkpoint(tiny_checkpoint)
+    change(ckpt)
+    return ckpt
+
+
+def _nan_weight(ckpt: dict) -> None:
+    next(iter(ckpt["ema"].values())).fill_(float("nan"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("config"), "'config' is NoneType, expected the stored config"),
+    (lambda c: c.update(model=torch.zeros(3)), "'model' is Tensor, expected a state dict"),
+    (lambda c: c.update(ema=[1, 2]), "'ema' is list, expected a state dict or None"),
+    (lambda c: c.update(format_version="two"), "format_version is 'two', not an integer"),
+    (lambda c: c.update(step="ten"), "'step' is 'ten', expected an integer"),
+    (_nan_weight, "holds NaN or infinite values"),
+], ids=["no-config", "tensor-model", "list-ema", "version-two", "step-str", "nan-weights"])
+def test_damaged_checkpoints_are_one_line(tiny_checkpoint, tmp_path, change, message):
+    """issue 13: a checkpoint with the right marker but broken fields is a CheckpointError."""
+    path = ck.save_checkpoint(tmp_path / "bad.pt", _damaged(tiny_checkpoint, change))
+    with pytest.raises(CheckpointError, match="damaged checkpoint") as e:
+        ck.load_checkpoint(path)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_pickled_code_is_refused(tmp_path):
