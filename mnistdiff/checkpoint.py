@@ -31,7 +31,7 @@ import torch
 
 from .config import Config, apply_overrides, config_from_dict, load_config
 from .errors import CheckpointError, MnistdiffError
-from .files import write_atomic
+from .files import all_or_nothing, write_atomic
 from .unet import ConditionalUNet, build_model
 
 FORMAT = "mnistdiff-checkpoint"
@@ -58,12 +58,14 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 def save_run_checkpoint(folder: str | Path, state: dict, keep_last: int) -> Path:
     """Write ``step-NNNNNN.pt`` and ``last.pt`` into a run's checkpoints folder (serialized once),
-    then delete all but the newest ``keep_last`` step files. Returns the step file's path."""
+    then delete all but the newest ``keep_last`` step files. Returns the step file's path.
+    Both files appear together or, when the disk fills up, neither (the old last.pt stays)."""
     folder = Path(folder)
     data = _serialize(state)
     step_path = folder / f"step-{state['step']:06d}.pt"
-    write_atomic(step_path, data)
-    write_atomic(folder / LAST, data)
+    with all_or_nothing():
+        write_atomic(step_path, data)
+        write_atomic(folder / LAST, data)
     step_files = sorted((int(m.group(1)), p) for p in folder.glob("step-*.pt")
                         if (m := _STEP_FILE.fullmatch(p.name)))
     for _, old in step_files[:-keep_last]:

@@ -1,33 +1,205 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the complete new one, never a mix."""
+"""Output files: atomic writes, and the checks that keep a command from destroying a user's file.
+
+Every module that writes goes through :func:`write_atomic` (or :func:`atomic_file` to stream):
+a reader, or a crash, sees the old file or the complete new one, never a mix.
+
+The rename that makes a write atomic also replaces *whatever* is at the path, so the checks live
+here too, run by the CLI before any work (:func:`check_outputs`) and again at write time:
+
+* an output is never one of the command's inputs (``-o last.pt`` would turn a checkpoint into a
+  PNG), and two outputs of one command never share a file;
+* a symlink is written *through* (its target is replaced, the link stays); devices, FIFOs and
+  sockets are refused, not replaced by a regular file;
+* the name's extension must match the format written (``--npz x.png`` is refused, not written);
+* a full disk (or any OS error) is one :class:`MnistdiffError` line, and inside
+  :func:`all_or_nothing` the outputs of one command appear together or not at all.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import stat
 import tempfile
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import MnistdiffError
 
+# (temp file, target) pairs and the folders made for them, while all_or_nothing() is active.
+_staged: ContextVar[dict | None] = ContextVar("mnistdiff_staged_writes", default=None)
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder (flushed and fsynced),
-    then an atomic rename; parent folders are created. Returns the path."""
-    path = Path(path)
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or
+            stat.S_ISBLK(mode) else "not a regular file")
+
+
+def target_of(path: str | Path) -> Path:
+    """Where a write to ``path`` lands: symlinks followed (a dangling one to its target), so the
+    link survives and the file it points at is replaced."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def check_writable(path: str | Path, option: str = "output") -> Path:
+    """MnistdiffError unless ``path`` is a new name or an existing regular file (after symlinks);
+    returns the target. Devices, FIFOs and sockets are refused: an atomic rename would replace
+    them with a regular file (as root, ``-o /dev/full`` turned the device into one)."""
+    target = target_of(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
     except OSError as e:
-        raise MnistdiffError(f"cannot write {path}: {e.strerror}") from None
+        raise MnistdiffError(f"{option} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        hint = "; give a file name" if stat.S_ISDIR(mode) else "; write to a regular file"
+        raise MnistdiffError(f"{option} {path} is {_kind(mode)}{hint}")
+    return target
+
+
+def check_outputs(outputs: Mapping[str, str | Path | None],
+                  inputs: Mapping[str, str | Path | None] | None = None,
+                  suffixes: Mapping[str, tuple[str, ...]] | None = None,
+                  folders: Mapping[str, str | Path | None] | None = None) -> None:
+    """Check a command's output paths before any work; MnistdiffError (one line) when
+
+    * an output is not a regular file or a new name (see :func:`check_writable`),
+    * an output is one of ``inputs`` (option or description -> path): it would be destroyed,
+    * two outputs (files in ``outputs``, folders in ``folders``) are the same path,
+    * an output's extension is not one of ``suffixes[option]`` (the format written),
+    * an output folder exists as something other than a folder.
+
+    ``None`` paths (options not given) are skipped. Paths are compared after symlinks.
+    """
+    seen: dict[Path, str] = {}
+    input_targets = {target_of(p): name for name, p in (inputs or {}).items() if p is not None}
+    for option, path in (outputs or {}).items():
+        if path is None:
+            continue
+        target = check_writable(path, option)
+        if target in input_targets:
+            raise MnistdiffError(f"{option} {path} is also this command's {input_targets[target]}; "
+                                 f"writing it would destroy it, choose another file")
+        if target in seen:
+            raise MnistdiffError(f"{seen[target]} and {option} both name {path}; the second "
+                                 f"would overwrite the first, give each output its own file")
+        wanted = (suffixes or {}).get(option)
+        if wanted and Path(path).suffix.lower() not in wanted:
+            raise MnistdiffError(f"{option} {path}: this output is written as "
+                                 f"{wanted[0].lstrip('.').upper()}, so its name must end in "
+                                 f"{' or '.join(wanted)}")
+        seen[target] = option
+    for option, folder in (folders or {}).items():
+        if folder is None:
+            continue
+        target = target_of(folder)
+        if target.exists() and not target.is_dir():
+            raise MnistdiffError(f"{option} {folder} exists and is not a folder; give a folder "
+                                 f"name")
+        if target in input_targets or target in seen:
+            other = input_targets.get(target) or seen[target]
+            raise MnistdiffError(f"{option} {folder} is also {other}; give it its own folder")
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free disk space on the file system that ``path`` (or its nearest existing parent) is on."""
+    p = target_of(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _make_parents(folder: Path, made: list[Path]) -> None:
+    """mkdir -p, remembering the folders that did not exist (so a failed command removes them)."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir()
+        made.append(d)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a temp file beside ``path`` for writing; on a clean exit it is flushed, fsynced and
+    renamed over ``path`` (its symlink target), on an error removed. Inside :func:`all_or_nothing`
+    the rename waits for the end of the block. Any OSError (a full disk) is one MnistdiffError."""
+    shown = Path(path)
+    target = check_writable(shown)
+    staged = _staged.get()
+    made: list[Path] = staged["folders"] if staged is not None else []
+    try:
+        _make_parents(target.parent, made)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise MnistdiffError(f"cannot write {shown}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
+        if staged is not None:
+            staged["files"].append((tmp, target))
+        else:
+            os.replace(tmp, target)
+    except OSError as e:  # ENOSPC, EDQUOT, EIO ...: the old file (if any) is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise MnistdiffError(f"cannot write {shown}: {e.strerror or e}; nothing was "
+                             f"written there") from None
     except BaseException:  # KeyboardInterrupt too: never leave a half-written temp file behind
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder (flushed and fsynced),
+    then an atomic rename; parent folders are created. Returns the path."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """The atomic writes inside the block become visible together at its end; if the block
+    raises (a full disk on the third file, Ctrl-C), their temp files and the folders made for
+    them are removed and no output of the command appears. Nested blocks join the outer one."""
+    if _staged.get() is not None:
+        yield
+        return
+    state = {"files": [], "folders": []}
+    token = _staged.set(state)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in state["files"]:
+            Path(tmp).unlink(missing_ok=True)
+        for folder in reversed(state["folders"]):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: another process may have put files there
+        raise
+    finally:
+        _staged.reset(token)
+    for tmp, target in state["files"]:
+        os.replace(tmp, target)

@@ -11,7 +11,7 @@ import torch
 from mnistdiff import checkpoint as ck
 from mnistdiff import files
 from mnistdiff.config import Config, config_to_dict, load_config
-from mnistdiff.errors import CheckpointError
+from mnistdiff.errors import CheckpointError, MnistdiffError
 
 
 def small_state(step: int) -> dict:
@@ -34,8 +34,8 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(files.os, "fsync", crash)
-    with pytest.raises(OSError, match="disk full"):
-        ck.save_checkpoint(path, small_state(2))
+    with pytest.raises(MnistdiffError, match="cannot write .*last.pt: disk full"):
+        ck.save_checkpoint(path, small_state(2))  # issue 13: one line, not a traceback
     assert ck.load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
 
