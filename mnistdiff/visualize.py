@@ -136,25 +136,59 @@ def check_animation_path(path: str | Path) -> None:
                                  "pip install imageio[ffmpeg] (or write a .gif)") from None
 
 
+FPS_RANGE = (0.1, 50.0)  # GIF delays are whole centiseconds; under 2 cs players show 10 cs
+MAX_HOLD = 60.0          # seconds
+
+
+def check_timing(fps: float, hold: float) -> None:
+    """MnistdiffError unless 0.1 <= fps <= 50 and 0 <= hold <= 60 (finite). Outside these the
+    frame delays overflow (fps 1e-9, hold inf) or round to 0, which players replace with 0.1 s."""
+    lo, hi = FPS_RANGE
+    if not (math.isfinite(fps) and lo <= fps <= hi):
+        raise MnistdiffError(f"--fps: got {fps:g}, must be between {lo:g} and {hi:g} frames per "
+                             f"second")
+    if not (math.isfinite(hold) and 0 <= hold <= MAX_HOLD):
+        raise MnistdiffError(f"--hold: got {hold:g}, must be between 0 and {MAX_HOLD:g} seconds")
+
+
+def gif_bytes(stack: np.ndarray, durations: Sequence[int]) -> bytes:
+    """A looping GIF of grayscale frames (F, H, W) uint8 with per-frame durations in ms.
+
+    Every frame is a palette image with the same 256-gray palette and no frame-to-frame
+    optimisation, so each frame decodes to exactly its pixels. (imageio's writer let Pillow store
+    an all-black first frame as mode L and the rest as P, which imageio.v3.imread then could not
+    read: "No packer found from P to L".)"""
+    palette = [v for g in range(256) for v in (g, g, g)]
+    frames = []
+    for frame in stack:
+        image = Image.frombytes("P", (frame.shape[1], frame.shape[0]), frame.tobytes())
+        image.putpalette(palette)
+        frames.append(image)
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
+                   duration=list(durations), loop=0, optimize=False, disposal=1)
+    return buf.getvalue()
+
+
 def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: float = 10.0,
                    hold: float = 1.0) -> Path:
     """Write frames as a looping GIF, or as MP4 when the path ends in .mp4 (needs imageio's
     ffmpeg plugin); the last frame stays on screen ``hold`` seconds longer."""
-    import imageio.v3 as iio
-
     check_animation_path(path)
+    check_timing(fps, hold)
     path = Path(path)
     stack = np.stack([np.asarray(im.convert("L")) for im in images])  # (F, H, W) uint8
     if path.suffix.lower() == ".mp4":
+        import imageio.v3 as iio
+
         stack = np.pad(stack, ((0, 0), (0, stack.shape[1] % 2), (0, stack.shape[2] % 2)))  # even size
         held = np.repeat(stack[-1:], math.ceil(hold * fps), axis=0)
         data = iio.imwrite("<bytes>", np.concatenate([stack, held]), extension=".mp4",
                            plugin="FFMPEG", fps=fps, macro_block_size=2)
     else:
-        durations = [1000.0 / fps] * len(stack)  # milliseconds per frame
-        durations[-1] += 1000.0 * hold
-        data = iio.imwrite("<bytes>", stack, extension=".gif", is_batch=True, mode="L",
-                           duration=durations, loop=0)
+        durations = [round(1000.0 / fps)] * len(stack)  # milliseconds per frame
+        durations[-1] += round(1000.0 * hold)
+        data = gif_bytes(stack, durations)
     return write_atomic(path, data)
 
 

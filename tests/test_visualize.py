@@ -96,6 +96,36 @@ def test_gif_has_every_frame_loops_and_holds_the_last(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.gif"]  # no temp file left behind
 
 
+def test_gif_with_a_black_first_frame_reads_with_imageio_and_pil(tmp_path):
+    """issue 13: imageio.v3.imread failed with "No packer found from P to L" on such GIFs."""
+    frames = np.random.default_rng(3).integers(0, 256, (4, 2, 28, 28), dtype=np.uint8)
+    frames[0] = 0  # the pure-noise frame is never black, but a plain one may be
+    images = [im for im in animation_frames(frames, ["", "", "", ""], scale=1)]
+    images[0] = Image.new("L", images[0].size, 0)
+    path = save_animation(images, tmp_path / "b.gif", fps=10, hold=0)
+    decoded = iio.imread(path, index=None)
+    assert decoded.shape == (4, images[0].height, images[0].width)
+    for i, image in enumerate(images):
+        assert np.array_equal(decoded[i], np.asarray(image))
+    with Image.open(path) as gif:
+        gif.seek(2)
+        assert np.array_equal(np.asarray(gif.convert("L")), np.asarray(images[2]))
+
+
+@pytest.mark.parametrize("fps, hold, message", [
+    (1e-9, 1.0, "--fps: got 1e-09, must be between 0.1 and 50"),
+    (float("inf"), 1.0, "--fps: got inf"), (1000, 1.0, "--fps: got 1000"),
+    (float("nan"), 1.0, "--fps: got nan"), (0, 1.0, "--fps: got 0"),
+    (10, float("inf"), "--hold: got inf, must be between 0 and 60"), (10, -1, "--hold: got -1"),
+])
+def test_animation_timing_is_bounded(tmp_path, fps, hold, message):
+    """issue 13: fps 1e-9 and hold inf overflowed; fps inf or 1000 wrote 0-delay frames."""
+    images = animation_frames(np.zeros((2, 1, 28, 28), np.uint8), ["a", "b"], scale=1)
+    with pytest.raises(MnistdiffError, match=message.replace("+", r"\+")):
+        save_animation(images, tmp_path / "a.gif", fps=fps, hold=hold)
+    assert not (tmp_path / "a.gif").exists()
+
+
 def test_animation_paths_are_checked(monkeypatch):
     with pytest.raises(MnistdiffError, match=r"\.gif or \.mp4"):
         check_animation_path("out.avi")
