@@ -6,6 +6,7 @@ exit status 1 (``--debug`` shows the traceback instead).
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
 from .config import Config, dump_yaml, load_config
 from .errors import MnistdiffError
+from .files import check_outputs
 
 app = typer.Typer(help="Train a class-conditional diffusion model on MNIST and sample digits.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -39,7 +42,7 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Folder of IDX files (sets da
                           show_default=False)
 DatasetOpt = typer.Option(None, "--dataset", help="mnist or fashion-mnist (sets data.dataset).",
                           show_default=False)
-JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+JsonOpt = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table.")
 
 
 def _version(value: bool) -> None:
@@ -50,9 +53,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+    version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    debug: bool = typer.Option(False, "--debug", metavar="", help="Show tracebacks for errors."),
 ) -> None:
     _state["debug"] = debug
 
@@ -114,7 +117,8 @@ def data_info(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = Se
 @data_app.command("preview")
 def data_preview(
     out_path: Path = typer.Option(Path("preview.png"), "--out", "-o", help="PNG file to write."),
-    per_class: int = typer.Option(8, "--n", min=1, max=100, help="Images per class (one row each)."),
+    per_class: int = typer.Option(8, "--n", min=1, max=100, help="Images per class (one row of "
+                                  "n per class; 10 classes give 10 n images)."),
     split: str = typer.Option("train", "--split", help="train or test."),
     scale: int = typer.Option(2, "--scale", min=1, max=16, help="Nearest-neighbour upscaling."),
     config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
@@ -127,6 +131,7 @@ def data_preview(
     from .visualize import image_grid, save_image
 
     cfg = load_cfg(config, set_, data_dir=data_dir, dataset=dataset)
+    check_outputs({"--out": out_path}, suffixes={"--out": (".png",)})
     images, labels = load_dataset(cfg.data, split)
     classes = get_spec(cfg.data.dataset).classes
     rows = [images[labels == c][:per_class] for c in range(len(classes))]
@@ -152,7 +157,8 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda "
                                                         "or cuda:N."),
     data_dir: Optional[Path] = DataDirOpt,
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", metavar="",
+                                  help="Show a progress bar."),
 ) -> None:
     """Train a model into a run folder: checkpoints, log.jsonl, sample grids, loss.png.
 
@@ -192,11 +198,12 @@ CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="PATH",
                              help="Checkpoint file, run folder or 'latest' (default: the newest "
                                   "run under runs/).", show_default=False)
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
-EmaOpt = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them.")
+EmaOpt = typer.Option(True, "--ema/--no-ema", metavar="",
+                      help="Use the EMA weights when the checkpoint has them.")
 DigitOpt = typer.Option(None, "--digit", help="One digit (class label).", show_default=False)
 DigitsOpt = typer.Option(None, "--digits", metavar="0,3,7", help="Comma-separated digits.",
                          show_default=False)
-AllOpt = typer.Option(False, "--all", help="Every class (the default).")
+AllOpt = typer.Option(False, "--all", metavar="", help="Every class (the default).")
 SamplerOpt = typer.Option(None, "--sampler", help="ddpm, ddim or dpmpp (default: the checkpoint's "
                                                   "sample.sampler).", show_default=False)
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps, 1 to T (default: the checkpoint's "
@@ -231,16 +238,11 @@ def _check_scale(scale: int) -> None:
         raise MnistdiffError(f"--scale: got {scale}, must be between 1 and 16")
 
 
-def _check_output(path: Optional[Path], option: str) -> None:
-    if path is not None and path.is_dir():
-        raise MnistdiffError(f"{option} {path} is a folder; give a file name")
-
-
 @app.command()
 def sample(
     checkpoint: Optional[str] = CheckpointOpt,
     digit: Optional[int] = DigitOpt, digits: Optional[str] = DigitsOpt, all_: bool = AllOpt,
-    n: int = typer.Option(16, "--n", help="Images per digit."),
+    n: int = typer.Option(16, "--n", help="Images per digit (--all: 10 n images in total)."),
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
     seed: Optional[int] = SeedOpt,
@@ -261,15 +263,17 @@ def sample(
 
     from rich.progress import Progress
 
-    from .pipeline import load
     from .evaluation import save_npz_samples
+    from .files import all_or_nothing
+    from .pipeline import load
     from .visualize import image_grid, labelled_grid, save_image
 
     choice = _digit_choice(digit, digits, all_)
     _check_scale(scale)
-    for path, option in ((out_path, "--out"), (npz, "--npz")):
-        _check_output(path, option)
     pipe = load(checkpoint, device=device, ema=ema)
+    check_outputs({"--out": out_path, "--npz": npz}, {"checkpoint": pipe.info.get("path")},
+                  suffixes={"--out": (".png",), "--npz": (".npz",)},
+                  folders={"--individual": individual})
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -282,14 +286,15 @@ def sample(
         grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=scale)
     else:
         grid = labelled_grid(result.images, [pipe.classes[c] for c in wanted], scale=scale)
-    written = [save_image(grid, out_path)]
-    if npz is not None:
-        written.append(save_npz_samples(npz, result.images, result.labels))
-    if individual is not None:
-        for i, (image, label) in enumerate(zip(result.images, result.labels.tolist())):
-            save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
-                       individual / f"{i:05d}-{label}.png")
-        written.append(f"{len(result.images)} PNGs into {individual}/")
+    with all_or_nothing():  # a full disk on the last file leaves none of them
+        written = [save_image(grid, out_path)]
+        if npz is not None:
+            written.append(save_npz_samples(npz, result.images, result.labels))
+        if individual is not None:
+            for i, (image, label) in enumerate(zip(result.images, result.labels.tolist())):
+                save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
+                           individual / f"{i:05d}-{label}.png")
+            written.append(f"{len(result.images)} PNGs into {individual}/")
     what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
     out.print(f"{len(result.images)} images ({what}) with {s.sampler}, "
               f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {result.nfe} NFE, "
@@ -307,8 +312,10 @@ def animate(
     seed: Optional[int] = SeedOpt,
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames, denser near the end "
                                          "(default: steps + 1, at most 30).", show_default=False),
-    fps: float = typer.Option(10.0, "--fps", help="Frames per second."),
-    hold: float = typer.Option(1.0, "--hold", help="Seconds the final frame stays on screen."),
+    fps: float = typer.Option(10.0, "--fps", help="Frames per second, 0.1 to 50 (GIF delays are "
+                              "whole hundredths of a second; players treat shorter ones as 0.1 s)."),
+    hold: float = typer.Option(1.0, "--hold", help="Seconds the final frame stays on screen, 0 "
+                               "to 60."),
     scale: int = typer.Option(4, "--scale", help="Nearest-neighbour upscaling."),
     out_path: Path = typer.Option(Path("denoise.gif"), "--out", "-o", help="GIF to write (.mp4 "
                                   "with imageio's ffmpeg plugin)."),
@@ -318,25 +325,27 @@ def animate(
 ) -> None:
     """Animate the reverse process, from pure noise to digits side by side."""
     from .pipeline import load
-    from .visualize import animation_frames, check_animation_path, frame_strip, save_animation, save_image
+    from .files import all_or_nothing
+    from .visualize import (animation_frames, check_animation_path, check_timing, frame_strip,
+                            save_animation, save_image)
 
     choice = _digit_choice(digit, digits, all_)
     _check_scale(scale)
-    if not fps > 0 or not hold >= 0:
-        raise MnistdiffError(f"--fps must be > 0 and --hold >= 0, got {fps} and {hold}")
-    _check_output(out_path, "--out")
-    _check_output(strip, "--strip")
+    check_timing(fps, hold)
     check_animation_path(out_path)
     pipe = load(checkpoint, device=device, ema=ema)
+    check_outputs({"--out": out_path, "--strip": strip}, {"checkpoint": pipe.info.get("path")},
+                  suffixes={"--out": (".gif", ".mp4"), "--strip": (".png",)})
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
     traj = pipe.trajectory(wanted, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                            eta=s.eta, seed=s.seed, frames=frames)
 
-    written = [save_animation(animation_frames(traj.frames, traj.captions, scale=scale), out_path,
-                              fps=fps, hold=hold)]
-    if strip is not None:
-        written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
+    with all_or_nothing():
+        written = [save_animation(animation_frames(traj.frames, traj.captions, scale=scale),
+                                  out_path, fps=fps, hold=hold)]
+        if strip is not None:
+            written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
     out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, {s.steps} "
               f"steps, guidance {s.guidance:g}, seed {s.seed}")
     for path in written:
@@ -416,8 +425,9 @@ def _guidance_list(guidance: Optional[float], sweep: Optional[str]) -> Optional[
 @app.command()
 def evaluate(
     checkpoint: Optional[str] = CheckpointOpt,
-    n: Optional[int] = typer.Option(None, "--n", help="Samples to generate, balanced across "
-                                    "classes (default: the checkpoint's eval.n).",
+    n: Optional[int] = typer.Option(None, "--n", help="Samples to generate in total, balanced "
+                                    "across classes: rounded to a multiple of the class count, "
+                                    "which is said (default: the checkpoint's eval.n).",
                                     show_default=False),
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt,
@@ -430,7 +440,8 @@ def evaluate(
                                            "sampling a checkpoint.", show_default=False),
     dataset: Optional[str] = DatasetOpt,
     out_path: Path = typer.Option(Path("report.json"), "--out", "-o", help="JSON report to write."),
-    floor: bool = typer.Option(True, "--floor/--no-floor", help="Also score n real training "
+    floor: bool = typer.Option(True, "--floor/--no-floor", metavar="", help="Also score n real "
+                               "training "
                                "images (the best a generator can hope for)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass.",
                                              show_default=False),
@@ -442,7 +453,10 @@ def evaluate(
     from .visualize import plot_guidance_sweep
 
     scales = _guidance_list(guidance, sweep)
-    _check_output(out_path, "--out")
+    plot = out_path.with_suffix(".png") if scales is not None and len(scales) > 1 else None
+    check_outputs({"--out": out_path, "the sweep plot": plot},
+                  {"--samples": samples, "checkpoint": checkpoint if checkpoint and
+                   Path(checkpoint).is_file() else None}, suffixes={"--out": (".json",)})
     if samples is not None and (checkpoint is not None or scales is not None or n is not None):
         raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
     if n is not None and n < 2:
@@ -458,6 +472,8 @@ def evaluate(
         pipe = None
     else:
         pipe = load(checkpoint, device=device, ema=ema)
+        check_outputs({"--out": out_path, "the sweep plot": plot},
+                      {"checkpoint": pipe.info.get("path")})
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
         for w in scales or [None]:  # check every setting before the long work starts
             pipe.settings(sampler, steps, w, eta, seed)
@@ -473,7 +489,12 @@ def evaluate(
         rows.append(evaluation.score(images, labels, ref, k=k, batch_size=batch))
     else:
         classes = list(range(len(pipe.classes)))
-        per_class = max(1, round((n or pipe.config.eval.n) / len(classes)))
+        wanted_n = n or pipe.config.eval.n
+        per_class = max(1, round(wanted_n / len(classes)))
+        if per_class * len(classes) != wanted_n:  # balanced classes need a multiple of their count
+            err.print(f"--n {wanted_n} is not a multiple of the {len(classes)} classes: sampling "
+                      f"{per_class * len(classes)} ({per_class} per class, rounded to the nearest)",
+                      highlight=False)
         for w in scales or [None]:
             s = pipe.settings(sampler, steps, w, eta, seed)
             err.print(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
@@ -505,8 +526,7 @@ def evaluate(
     if worst["accuracy"] is not None:
         out.print(f"lowest class accuracy: {worst['class']} {worst['accuracy']:.2%}")
     out.print(f"wrote {out_path}")
-    if len(rows) > 1:
-        plot = out_path.with_suffix(".png")
+    if plot is not None:  # beside the report, under its own name (checked above)
         plot_guidance_sweep(rows, plot)
         out.print(f"wrote {plot}")
 
@@ -520,5 +540,16 @@ def main() -> None:
     except MnistdiffError as e:
         if _state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        _error(str(e))
+    except OSError as e:  # a full disk in a write not made through files.py: still one line
+        if _state["debug"] or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        _error(f"{e.strerror}{where}")
+
+
+def _error(message: str) -> None:
+    """The one line a user error gets; its text is escaped so rich shows [ffmpeg] as written."""
+    err.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False,
+              soft_wrap=True)
+    sys.exit(1)

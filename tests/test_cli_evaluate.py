@@ -70,3 +70,36 @@ def test_bad_npz_is_a_clear_error(tmp_path, mnist_dir):
     np.savez(npz, images=np.zeros((4, 32, 32), np.uint8), labels=np.zeros(4, np.int64))
     r = runner.invoke(app, ["evaluate", "--samples", str(npz), "--data-dir", str(mnist_dir)])
     assert r.exit_code != 0 and "28" in str(r.exception)
+
+
+# --------------------------------------------------------------------------------- issue 13
+
+def test_the_report_must_be_json_so_the_sweep_plot_cannot_replace_it(tiny_checkpoint, tmp_path):
+    """`evaluate -o r.png --guidance-sweep 1,2` wrote the plot over the report."""
+    report = tmp_path / "r.png"
+    r = runner.invoke(app, ["evaluate", "-k", str(tiny_checkpoint), "--guidance-sweep", "1,2",
+                            "--out", str(report)])
+    assert r.exit_code != 0 and "so its name must end in .json" in str(r.exception)
+    assert not report.exists()
+    npz = tmp_path / "s.npz"
+    npz.write_bytes(b"samples")
+    r = runner.invoke(app, ["evaluate", "--samples", str(npz), "--out", str(tmp_path / "s.json"),
+                            "--data-dir", str(tmp_path)])
+    assert r.exit_code == 0 or "is also" not in str(r.exception)
+
+
+def test_evaluate_says_how_it_rounds_n(tiny_checkpoint, mnist_dir, tmp_path, monkeypatch, capsys):
+    """`--n 25` makes 20 samples (2 per class) and says so instead of doing it silently."""
+    from mnistdiff.cli import main
+    import sys
+
+    report = tmp_path / "r.json"
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "evaluate", "-k", str(tiny_checkpoint), "--n",
+                                      "25", "--steps", "2", "--no-floor", "--data-dir",
+                                      str(mnist_dir), "--out", str(report)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
+    err = capsys.readouterr().err
+    assert "--n 25 is not a multiple of the 10 classes: sampling 20 (2 per class" in err
+    assert json.loads(report.read_text())["results"][0]["n"] == 20

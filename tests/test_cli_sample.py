@@ -106,6 +106,14 @@ def broken(tiny_checkpoint, tmp_path_factory) -> Path:
     other = load_checkpoint(tiny_checkpoint)
     other["config"]["model"]["channels"] = [16, 32]
     save_checkpoint(folder / "other.pt", other)
+    no_config = load_checkpoint(tiny_checkpoint)
+    del no_config["config"]
+    save_checkpoint(folder / "no-config.pt", no_config)
+    nan = load_checkpoint(tiny_checkpoint)
+    for tensor in nan["ema"].values():
+        tensor.fill_(float("nan"))
+    save_checkpoint(folder / "nan.pt", nan)
+    (folder / "file").write_text("not a folder")
     return folder
 
 
@@ -122,6 +130,18 @@ BAD = [
     (["sample", "--checkpoint", "{broken}/other.pt"], "shape"),
     (["animate", "--frames", "12"], "frames: got 12"),
     (["animate", "--out", "{out}/d.avi"], ".gif or .mp4"),
+    # issue 13
+    (["sample", "--checkpoint", "{broken}/no-config.pt"], "'config' is NoneType"),
+    (["sample", "--checkpoint", "{broken}/nan.pt"], "NaN or infinite values"),
+    (["sample", "--out", "{out}/x.png", "--npz", "{out}/x.png"], "--out and --npz both name"),
+    (["sample", "--npz", "{out}/y.png"], "written as NPZ, so its name must end in .npz"),
+    (["sample", "--out", "{out}/s.txt"], "written as PNG, so its name must end in .png"),
+    (["sample", "--individual", "{broken}/file"], "exists and is not a folder"),
+    (["sample", "--eta", "0.5", "--sampler", "dpmpp"], "only the ddim sampler uses it"),
+    (["animate", "--out", "{out}/a.gif", "--strip", "{out}/a.gif"], "--out and --strip both"),
+    (["animate", "--fps", "1e-9"], "--fps: got 1e-09"),
+    (["animate", "--fps", "inf"], "--fps: got inf"),
+    (["animate", "--hold", "inf"], "--hold: got inf"),
 ]
 
 
@@ -133,7 +153,8 @@ def bad_args(args: list[str], checkpoint: Path, broken: Path, out: Path) -> list
     if "--out" not in args:
         args += ["--out", str(out / ("x.png" if args[0] == "sample" else "x.gif"))]
     if args[0] == "sample":
-        args += ["--npz", str(out / "x.npz"), "--individual", str(out / "each")]
+        args += [] if "--npz" in args else ["--npz", str(out / "x.npz")]
+        args += [] if "--individual" in args else ["--individual", str(out / "each")]
     return args
 
 
@@ -158,3 +179,49 @@ def test_bad_input_in_a_real_process(tiny_checkpoint, broken, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()]
     assert message in r.stderr and "Traceback" not in r.stderr and not out.exists()
+
+
+# --------------------------------------------------------------------------------- issue 13
+
+def test_output_that_is_the_checkpoint_is_refused(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """`sample -k last.pt -o last.pt` turned the checkpoint into a PNG; now it is one line."""
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    for args in (["sample", "-k", str(ckpt), "-o", str(ckpt)],
+                 ["sample", "-k", str(tmp_path), "--npz", str(ckpt)],
+                 ["animate", "-k", str(ckpt), "--strip", str(ckpt)]):
+        monkeypatch.setattr(sys, "argv", ["mnistdiff", *args])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 1 and len(err.splitlines()) == 1
+        assert "is also this command's checkpoint" in err, err
+    assert ckpt.read_bytes() == tiny_checkpoint.read_bytes()
+
+
+def test_error_messages_keep_their_brackets(monkeypatch, capsys):
+    """rich markup is escaped: the MP4 hint says pip install imageio[ffmpeg], not imageio."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "animate", "--out", "x.mp4"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "pip install imageio[ffmpeg]" in capsys.readouterr().err
+
+
+def test_config_show_of_a_checkpoint_is_one_line(tiny_checkpoint, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "config", "show", "-c", str(tiny_checkpoint)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "not a YAML text file" in err
+
+
+def test_help_shows_flags_without_a_value_and_says_what_n_counts():
+    env = {"COLUMNS": "200"}
+    sample_help = runner.invoke(app, ["sample", "--help"], env=env).output
+    assert "per digit" in sample_help and "--all" in sample_help
+    for line in sample_help.splitlines():
+        if "--all " in line or "--ema " in line:
+            assert "<bool>" not in line, line
+    assert "in total" in runner.invoke(app, ["evaluate", "--help"], env=env).output
+    assert "per class" in runner.invoke(app, ["data", "preview", "--help"], env=env).output

@@ -96,6 +96,8 @@ def test_trajectory_runs_from_noise_to_the_sample(pipe):
     (dict(sampler="euler"), "unknown sampler 'euler'"),
     (dict(guidance=-1.0), "guidance"),
     (dict(eta=1.5), "eta"),
+    (dict(sampler="dpmpp", eta=0.5), r"eta: only the ddim sampler uses it \(dpmpp is determ"),
+    (dict(sampler="ddpm", eta=0.3), r"eta: only the ddim sampler uses it \(ddpm is always"),
     (dict(seed=-1), "seed"),
     (dict(n=0), "n: got 0"),
     (dict(batch_size=0), "batch_size"),
