@@ -38,7 +38,7 @@ FORMAT = "mnistdiff-checkpoint"
 FORMAT_VERSION = 1
 RUNS_DIR = Path("runs")
 LAST = "last.pt"
-_STEP_FILE = re.compile(r"step-(\d+)\.pt")
+STEP_FILE = re.compile(r"step-(\d+)\.pt")
 
 
 # --------------------------------------------------------------------------------- writing
@@ -67,7 +67,7 @@ def save_run_checkpoint(folder: str | Path, state: dict, keep_last: int) -> Path
         write_atomic(step_path, data)
         write_atomic(folder / LAST, data)
     step_files = sorted((int(m.group(1)), p) for p in folder.glob("step-*.pt")
-                        if (m := _STEP_FILE.fullmatch(p.name)))
+                        if (m := STEP_FILE.fullmatch(p.name)))
     for _, old in step_files[:-keep_last]:
         old.unlink()
     return step_path
@@ -214,6 +214,28 @@ def check_same_model(ckpt: dict, cfg: Config, where: str | Path) -> None:
             raise CheckpointError(f"{where} was trained with model.{key}={stored.get(key)!r} but "
                                   f"the config says {value!r}; the architecture cannot change "
                                   f"when resuming")
+
+
+# Settings a resumed run cannot change: the data order and the position in it (batch size,
+# accumulation, seed), the optimizer's state layout, and the diffusion the model has learned.
+# Everything else in train (lr, schedule, max_steps, intervals, EMA, grad_clip, amp) may change.
+FIXED_ON_RESUME = ("data.dataset", "diffusion.*", "train.batch_size", "train.grad_accum",
+                   "train.optimizer", "train.seed")
+
+
+def check_resumable(ckpt: dict, cfg: Config, where: str | Path) -> None:
+    """CheckpointError naming the first setting in FIXED_ON_RESUME that differs between the
+    checkpoint and cfg (a --set that would otherwise be recorded but not honoured)."""
+    new = dataclasses.asdict(cfg)
+    for pattern in FIXED_ON_RESUME:
+        section, key = pattern.split(".")
+        keys = new[section] if key == "*" else [key]
+        for name in keys:
+            stored = ckpt["config"].get(section, {}).get(name, new[section][name])
+            if stored != new[section][name]:
+                raise CheckpointError(f"{where} was trained with {section}.{name}={stored!r}; "
+                                      f"it cannot change to {new[section][name]!r} when "
+                                      f"resuming (start a new run for that)")
 
 
 def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet, Config]:

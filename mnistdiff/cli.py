@@ -187,6 +187,8 @@ def train(
         ("throughput", f"{result.images_per_s:,.0f} images/s (this session)"),
         ("peak memory", f"{result.peak_memory_mb:,.0f} MiB"),
         ("final loss", "-" if result.final_loss is None else f"{result.final_loss:.4f}"),
+        ("sampling uses", "the EMA weights (--no-ema for the raw ones)"
+         if result.sampling_weights == "ema" else "the raw weights (no EMA: train.ema_decay=0)"),
     ]:
         table.add_row(name, value)
     out.print(table)
@@ -396,9 +398,13 @@ def summarize(
         "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
     }
     if info is not None:
-        ema_text = f"yes (decay {summary['ema_decay']:g})" if info["ema"] else "no"
+        ema_text = (f"yes (decay {summary['ema_decay']:g}, half-life at most "
+                    f"{cfg.train.ema_rampup:.0%} of training)" if info["ema"] else "no")
         facts.update({"checkpoint": info["path"], "training step": f"{info['step']:,}",
-                      "EMA weights": ema_text, "created": str(info["created"]),
+                      "EMA weights": ema_text,
+                      "sampling uses": ("the EMA weights (--no-ema for the raw ones)"
+                                        if info["ema"] else "the raw weights"),
+                      "created": str(info["created"]),
                       "mnistdiff version": str(info["version"])})
     facts_table = Table(show_header=False, box=None)
     for key, value in facts.items():

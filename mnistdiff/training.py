@@ -40,11 +40,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__, diffusion
-from .checkpoint import (FORMAT, FORMAT_VERSION, LAST, check_same_model, load_checkpoint,
-                         rng_state, save_run_checkpoint, set_rng_state)
+from .checkpoint import (FORMAT, FORMAT_VERSION, LAST, STEP_FILE, check_resumable,
+                         check_same_model, load_checkpoint, rng_state, save_run_checkpoint,
+                         set_rng_state)
 from .config import Config, TrainConfig, config_to_dict, dump_yaml
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
+from .files import write_atomic
 from .pipeline import Pipeline, resolve_device
 from .unet import ConditionalUNet, build_model, count_parameters
 from .visualize import image_grid, plot_loss, save_image
@@ -84,6 +86,7 @@ class TrainResult:
     peak_memory_mb: float     # CUDA: peak allocated; CPU: peak resident set of the process
     final_loss: float | None  # mean loss of the last flushed interval
     interrupted: bool         # stopped by SIGINT / SIGTERM
+    sampling_weights: str = "raw"  # what sample / evaluate use by default: "ema" or "raw"
 
 
 # --------------------------------------------------------------------------------- runtime
@@ -155,14 +158,29 @@ def build_ema(model: nn.Module, decay: float) -> nn.Module | None:
     return copy.deepcopy(model).eval().requires_grad_(False)
 
 
+def ema_decay_at(step: int, decay: float, rampup: float) -> float:
+    """The EMA decay used after optimizer step ``step`` (1-based): ``decay``, but never longer
+    than a half-life of ``rampup * step`` steps (EDM's ramp-up, Karras et al. 2022, where the
+    half-life is counted in images: with a fixed batch the ratio is the same in steps).
+
+    A fixed decay of 0.999 averages over the last ~1,000 steps, so a 500-step run samples from
+    weights dominated by the first, untrained ones (issue 13: 48 % accuracy from the EMA, 86 %
+    from the raw weights). Tied to progress, the EMA always averages the last few per cent of
+    the run: close to the raw weights in a short run, a long smooth average in a long one."""
+    if rampup > 0:
+        decay = min(decay, 0.5 ** (1.0 / (rampup * step)))
+    return decay
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, step: int, decay: float,
-               warmup_steps: int) -> None:
-    """After optimizer step ``step`` (1-based): ema <- decay * ema + (1 - decay) * model, and a
-    plain copy until ``warmup_steps``. One fused lerp, as torch.optim.swa_utils'
-    get_ema_multi_avg_fn does; not AveragedModel.update_parameters, which reads its step counter
-    on the host and so makes the CPU wait for the GPU at every step."""
-    weight = 1.0 if step <= warmup_steps else 1.0 - decay
+               warmup_steps: int, rampup: float = 0.0) -> None:
+    """After optimizer step ``step`` (1-based): ema <- d * ema + (1 - d) * model with
+    d = ``ema_decay_at(step, decay, rampup)``, and a plain copy until ``warmup_steps``. One fused
+    lerp, as torch.optim.swa_utils' get_ema_multi_avg_fn does; not
+    AveragedModel.update_parameters, which reads its step counter on the host and so makes the
+    CPU wait for the GPU at every step."""
+    weight = 1.0 if step <= warmup_steps else 1.0 - ema_decay_at(step, decay, rampup)
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), weight)
 
 
@@ -199,16 +217,58 @@ def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
         torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16), compiled)
 
 
-def restore(parts: Parts, ckpt: dict) -> None:
-    """Load a checkpoint's training state into ``parts`` and the global RNGs."""
+def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int) -> None:
+    """Load a checkpoint's training state into ``parts`` and the global RNGs, then apply the
+    config's lr and weight decay: the optimizer and scheduler states carry the values they were
+    saved with, and left alone they would silently win over a ``--set train.lr=...`` that
+    config.yaml records. (The LR schedule's shape, max_steps, the intervals, grad_clip and the
+    EMA settings are read from the config at every step, so they follow it by themselves.)"""
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
+    parts.scheduler.base_lrs = [tc.lr] * len(parts.optimizer.param_groups)
+    factor = lr_factor(parts.scheduler.last_epoch, tc, total_steps)
+    for i, group in enumerate(parts.optimizer.param_groups):
+        group["initial_lr"], group["lr"] = tc.lr, tc.lr * factor
+        if i == 0:  # the weight matrices; biases and norms never decay (see build_optimizer)
+            group["weight_decay"] = tc.weight_decay
+    parts.scheduler._last_lr = [g["lr"] for g in parts.optimizer.param_groups]
     if parts.ema is not None:
         parts.ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
     if parts.scaler.is_enabled() and ckpt["scaler"] is not None:
         parts.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock on ``out_dir/.lock`` while training into it, so a second
+    ``train --resume`` of the same run is refused (two trainers would interleave log.jsonl and
+    overwrite each other's checkpoints). The OS drops the lock when the process dies, even by
+    kill -9, so a stale lock file never blocks anything. Creates ``out_dir``."""
+    import fcntl
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        f = open(out_dir / ".lock", "a+")
+    except OSError as e:
+        raise MnistdiffError(f"cannot use {out_dir} as a run folder: {e.strerror}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise MnistdiffError(f"{out_dir} is being trained by another process (pid {holder}); "
+                                 f"wait for it to finish or stop it first") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def train_step(parts: Parts, batches: Iterator, schedule: diffusion.Schedule, cfg: Config,
@@ -238,7 +298,8 @@ def train_step(parts: Parts, batches: Iterator, schedule: diffusion.Schedule, cf
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scheduler.step()
     if parts.ema is not None:
-        update_ema(parts.ema, parts.model, step + 1, tc.ema_decay, tc.ema_warmup_steps)
+        update_ema(parts.ema, parts.model, step + 1, tc.ema_decay, tc.ema_warmup_steps,
+                   tc.ema_rampup)
     return total
 
 
@@ -279,7 +340,26 @@ def read_log(path: Path) -> list[dict]:
 def trim_log(path: Path, step: int) -> None:
     """Drop log records after ``step`` (left by a run that went on past the resumed checkpoint)."""
     kept = [r for r in read_log(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def rewind_note(out_dir: Path, step: int) -> str | None:
+    """One line when resuming at ``step`` rewinds a run folder that went further (``--resume``
+    of an older step-N.pt into its own run): what is kept and what is dropped, so nothing is
+    lost silently. None when nothing is rewound."""
+    later = [r["step"] for r in read_log(out_dir / "log.jsonl") if r["step"] > step]
+    step_files = sorted(int(m.group(1)) for p in (out_dir / "checkpoints").glob("step-*.pt")
+                        if (m := STEP_FILE.fullmatch(p.name)) and int(m.group(1)) > step)
+    if not later and not step_files:
+        return None
+    reached = max(later + step_files)
+    dropped = [f"{len(later)} log.jsonl records after step {step}"] if later else []
+    if step_files:
+        dropped.append("last.pt and step files " + ", ".join(map(str, step_files))
+                       + " as training reaches them again")
+    return (f"[yellow]rewinding:[/] this run reached step {reached}, resuming at step {step}; "
+            f"kept: everything up to step {step}; dropped: {' and '.join(dropped)} (resume into "
+            f"a new --out to keep both)")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -324,16 +404,20 @@ def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
     """Train ``cfg`` into the run folder ``out_dir``, continuing from the checkpoint file
     ``resume`` if given. ``console`` (a rich Console) receives messages and the progress bar."""
     rt = setup_runtime(device, cfg.train.amp)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MnistdiffError(f"the run folder {out_dir} is a file; give --out a folder name")
     try:
-        return _train(cfg, Path(out_dir), resume and Path(resume), rt, progress,
-                      console if rt.is_main else None)
+        with contextlib.ExitStack() as stack:
+            return _train(cfg, out_dir, resume and Path(resume), rt, progress,
+                          console if rt.is_main else None, stack)
     finally:
         if rt.world_size > 1:
             dist.destroy_process_group()
 
 
 def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progress: bool,
-           console) -> TrainResult:
+           console, stack: contextlib.ExitStack) -> TrainResult:
     tc = cfg.train
     say = console.print if console is not None else (lambda *args, **kwargs: None)
     ckpt_dir, log_path = out_dir / "checkpoints", out_dir / "log.jsonl"
@@ -355,15 +439,28 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
     if resume is not None:
         ckpt = load_checkpoint(resume)
         check_same_model(ckpt, cfg, resume)
-        restore(parts, ckpt)
+        check_resumable(ckpt, cfg, resume)
+        restore(parts, ckpt, tc, total_steps)
         step, seconds_before = ckpt["step"], ckpt["train_seconds"]
         if step >= total_steps:
             raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "
                                  f"steps; raise train.max_steps (or train.epochs) to go on")
 
     if rt.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(dump_yaml(cfg))
+        # Nothing is created before this point, so a run that cannot start (no data, a bad
+        # checkpoint) leaves no folder behind; from here on the folder is ours alone.
+        stack.enter_context(run_lock(out_dir))
+        if resume is None and (ckpt_dir / LAST).exists():  # another run got here first
+            raise MnistdiffError(f"{out_dir} already holds a run; continue it with --resume "
+                                 f"{out_dir} or choose another --out")
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MnistdiffError(f"cannot create {ckpt_dir}: {e.strerror}") from None
+        rewind = rewind_note(out_dir, step)
+        if rewind:
+            say(rewind)
+        write_atomic(out_dir / "config.yaml", dump_yaml(cfg).encode())
         trim_log(log_path, step)
         say(f"run folder [bold]{out_dir}[/]: config.yaml, checkpoints/, log.jsonl, samples/, "
             f"loss.png, summary.json")
@@ -462,7 +559,8 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
         total_steps=total_steps, images_seen=step * images_per_step,
         train_seconds=seconds_before + seconds,
         images_per_s=images_per_step * (warm[0] / warm[1] if warm[0] else timed[0] / timed[1]),
-        peak_memory_mb=peak_memory_mb(rt.device), final_loss=final_loss, interrupted=interrupted)
+        peak_memory_mb=peak_memory_mb(rt.device), final_loss=final_loss, interrupted=interrupted,
+        sampling_weights="ema" if ema is not None else "raw")
     if rt.is_main:
         records = read_log(log_path)
         if records:
@@ -472,5 +570,5 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
                    for k, v in dataclasses.asdict(result).items()}
         summary.update(device=str(rt.device), world_size=rt.world_size, amp=amp_name(rt),
                        compile=parts.compiled)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     return result

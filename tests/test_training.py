@@ -194,9 +194,125 @@ def test_cli_train_then_resume(synthetic_dir, tmp_path, monkeypatch):
                                 "--no-progress", "--set", "train.max_steps=3", *data])
     assert first.exit_code == 0, first.output
     assert "training summary" in first.output and "3 / 3" in first.output
+    assert "sampling uses" in first.output and "raw weights" in first.output  # tiny: no EMA
     again = runner.invoke(app, ["train", "-c", str(TINY), "--out", "runs/a", *data])
     assert isinstance(again.exception, MnistdiffError) and "--resume" in str(again.exception)
     more = runner.invoke(app, ["train", "--resume", "latest", "--set", "train.max_steps=5",
                                "--no-progress", "--device", "cpu", *data])
     assert more.exit_code == 0, more.output
     assert "5 / 5" in more.output and load_checkpoint("runs/a/checkpoints/last.pt")["step"] == 5
+
+
+# --------------------------------------------------------------------------------- issue 13
+
+def ema_lag(steps: int, decay: float, rampup: float) -> float:
+    """How far behind weights that move by 1 per step the EMA ends, as a fraction of the run."""
+    model = nn.Linear(1, 1, bias=False)
+    ema = training.build_ema(model, decay)
+    for step in range(1, steps + 1):
+        model.weight.data.fill_(float(step))
+        training.update_ema(ema, model, step, decay, warmup_steps=0, rampup=rampup)
+    return (steps - ema.weight.item()) / steps
+
+
+@pytest.mark.parametrize("steps", [20, 500, 2000, 20000])
+def test_ema_follows_training_progress(steps):
+    """A fixed decay of 0.999 leaves a 500-step run's EMA far behind the raw weights (it still
+    remembers the untrained start); tied to progress it lags a few per cent at every length,
+    and in long runs it reaches the configured decay."""
+    lag = ema_lag(steps, 0.999, rampup=0.05)
+    assert lag < 0.08
+    if steps <= 2000:
+        assert ema_lag(steps, 0.999, rampup=0.0) > 0.3  # the old behaviour
+    assert training.ema_decay_at(steps, 0.999, 0.05) == min(0.999, 0.5 ** (1 / (0.05 * steps)))
+    assert training.ema_decay_at(10**6, 0.999, 0.05) == 0.999
+
+
+def test_resume_applies_lr_schedule_intervals_and_ema_overrides(synthetic_dir, tmp_path):
+    """`--resume --set train.lr=5e-2` recorded 0.05 in config.yaml but trained at the stored lr."""
+    first = tiny_config(synthetic_dir, "train.max_steps=4", "train.log_every=2",
+                        "train.checkpoint_every=2", "train.ema_decay=0")
+    run(first, tmp_path / "r")
+    more = tiny_config(synthetic_dir, "train.max_steps=9", "train.lr=5e-2", "train.log_every=1",
+                       "train.checkpoint_every=3", "train.weight_decay=0.1", "train.ema_decay=0.9",
+                       "train.lr_schedule=cosine")
+    result = run(more, tmp_path / "r", resume=tmp_path / "r" / "checkpoints" / "last.pt")
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").open()]
+    assert [r["step"] for r in log] == [2, 4, 5, 6, 7, 8, 9]  # log_every 2, then 1
+    after = {r["step"]: r["lr"] for r in log if r["step"] > 4}
+    for step, lr in after.items():  # the new peak lr on the new cosine schedule to step 9
+        assert lr == pytest.approx(5e-2 * training.lr_factor(step, more.train, 9))
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["ema"] is not None and result.sampling_weights == "ema"  # EMA switched on
+    assert ckpt["optimizer"]["param_groups"][0]["weight_decay"] == 0.1
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step-*")) == [
+        "step-000004.pt", "step-000006.pt", "step-000009.pt"]  # every 3 now (keep_last 3)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["sampling_weights"] == "ema"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.batch_size=8", "train.batch_size"), ("train.grad_accum=2", "train.grad_accum"),
+    ("train.optimizer=adamw", "train.optimizer"), ("train.seed=3", "train.seed"),
+    ("diffusion.timesteps=40", "diffusion.timesteps"), ("diffusion.objective=v", "diffusion.objective"),
+])
+def test_resume_refuses_settings_that_cannot_change(tiny_checkpoint, synthetic_dir, tmp_path,
+                                                    override, key):
+    cfg = tiny_config(synthetic_dir, "train.ema_decay=0.9", "train.ema_warmup_steps=5",
+                      "train.max_steps=30", override)
+    with pytest.raises(MnistdiffError, match=f"trained with {key}=.* cannot change"):
+        run(cfg, tmp_path / "r", resume=tiny_checkpoint)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_second_trainer_of_the_same_run_is_refused(synthetic_dir, tmp_path):
+    run_dir = tmp_path / "r"
+    with training.run_lock(run_dir):  # as if another process were training it
+        with pytest.raises(MnistdiffError, match=f"being trained by another process "
+                                                 f"\\(pid {os.getpid()}\\)"):
+            run(tiny_config(synthetic_dir, "train.max_steps=2"), run_dir)
+    run(tiny_config(synthetic_dir, "train.max_steps=2"), run_dir)  # released: it trains
+
+
+def test_resuming_an_older_step_file_says_what_it_drops(synthetic_dir, tmp_path):
+    from rich.console import Console
+
+    cfg = tiny_config(synthetic_dir, "train.max_steps=20")  # log_every 5, checkpoint_every 10
+    run(cfg, tmp_path / "r")
+    console = Console(record=True, width=300)
+    training.train(cfg, tmp_path / "r", resume=tmp_path / "r/checkpoints/step-000010.pt",
+                   device="cpu", progress=False, console=console)
+    text = console.export_text()
+    assert ("rewinding: this run reached step 20, resuming at step 10; kept: everything up to "
+            "step 10; dropped: 2 log.jsonl records after step 10 and last.pt and step files 20"
+            in text), text
+
+
+def test_bad_run_folders_are_one_line(synthetic_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MnistdiffError, match="is a file; give --out a folder"):
+        run(tiny_config(synthetic_dir, "train.max_steps=2"), tmp_path / "file")
+    with pytest.raises(MnistdiffError, match="cannot use /proc/mnistdiff-x/run as a run folder"):
+        run(tiny_config(synthetic_dir, "train.max_steps=2"), "/proc/mnistdiff-x/run")
+
+
+def test_disk_full_while_checkpointing_is_one_line(synthetic_dir, tmp_path, monkeypatch):
+    import errno
+
+    from mnistdiff import files
+
+    cfg = tiny_config(synthetic_dir, "train.max_steps=20")  # checkpoints at 10 and 20
+    real_fsync, calls = os.fsync, []
+
+    def full(fd):
+        calls.append(fd)
+        if len(calls) > 4:  # the step-10 pair and config.yaml / log trims succeed, then the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(MnistdiffError, match="No space left on device"):
+        run(cfg, tmp_path / "r")
+    ckpts = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    assert ckpts == ["last.pt", "step-000010.pt"]  # no temp files, no lone step file
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 10
+    assert not list((tmp_path / "r").rglob("*.tmp"))
