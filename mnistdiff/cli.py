@@ -455,6 +455,8 @@ def evaluate(
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
     from . import evaluation
+    from .data import DatasetSpec, find_data_dir, has_split
+    from .errors import DataError
     from .pipeline import load, resolve_device
     from .visualize import plot_guidance_sweep
 
@@ -485,6 +487,14 @@ def evaluate(
             pipe.settings(sampler, steps, w, eta, seed)
         source = {"checkpoint": pipe.info.get("path"), "step": pipe.info.get("step")}
     batch = batch_size or cfg.eval.batch_size
+    floor_hint = "; the real floor also needs the training split (--no-floor skips it)"
+    try:  # missing data: say so before any sampling, with what --no-floor changes
+        folder = find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download, ("test",))
+        if floor and not has_split(folder, "train"):
+            raise DataError(f"{folder}: no training split "
+                            f"({', '.join(DatasetSpec.files('train'))})")
+    except DataError as e:
+        raise DataError(f"{e}{floor_hint if floor else ''}") from None
     ref = evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
                                     download=cfg.data.download,
                                     device=resolve_device(device), batch_size=batch)

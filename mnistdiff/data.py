@@ -149,27 +149,52 @@ def _file_in(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _complete(folder: Path) -> bool:
-    return all(_file_in(folder, n) for s in SPLITS for n in DatasetSpec.files(s))
+def _complete(folder: Path, splits: tuple[str, ...] = SPLITS) -> bool:
+    return all(_file_in(folder, n) for s in splits for n in DatasetSpec.files(s))
+
+
+def has_split(folder: str | Path, split: str) -> bool:
+    """Whether ``folder`` holds both IDX files of ``split`` (gzipped or not)."""
+    return _complete(Path(folder), (split,))
 
 
 def _candidates(base: Path, spec: DatasetSpec) -> list[Path]:
     return [base / spec.name, base / spec.torchvision_class / "raw", base]
 
 
-def _download(spec: DatasetSpec, root: Path) -> Path:
-    """Fetch the dataset with torchvision into root/<Class>/raw (the path for users with network)."""
+def _download(spec: DatasetSpec, root: Path, searched: str) -> Path:
+    """Fetch the dataset with torchvision into root/<Class>/raw (the path for users with network).
+
+    torchvision creates its folders before it knows whether the network is there, so it works in
+    a temporary folder and only complete downloads are moved to ``root``: offline, nothing is
+    left in the user's folders, and the error is one line (torchvision's spans five)."""
+    import shutil
+    import tempfile
+
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, spec.torchvision_class)
+    staging = Path(tempfile.mkdtemp(prefix="mnistdiff-download-"))
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
-    except Exception as e:  # network errors come in many types
-        raise DataError(f"could not download {spec.name} into {root} ({type(e).__name__}: {e}); "
-                        f"{missing_files_hint(spec)}") from None
-    return root / spec.torchvision_class / "raw"
+        try:
+            for train in (True, False):
+                cls(str(staging), train=train, download=True)
+        except Exception as e:  # network errors come in many types
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            reason = f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+            raise DataError(f"{spec.name} not found (looked in {searched}) and the download "
+                            f"failed ({reason}); {missing_files_hint(spec)}") from None
+        dest = root / spec.torchvision_class / "raw"
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in (staging / spec.torchvision_class / "raw").iterdir():
+                shutil.move(str(f), str(dest / f.name))
+        except OSError as e:
+            raise DataError(f"downloaded {spec.name} but cannot store it in {dest}: "
+                            f"{e.strerror}") from None
+        return dest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def missing_files_hint(spec: DatasetSpec) -> str:
@@ -178,8 +203,10 @@ def missing_files_hint(spec: DatasetSpec) -> str:
             f"(data.root) or ${ENV_VAR}")
 
 
-def find_data_dir(dataset: str, root: str | Path | None = None, download: bool = True) -> Path:
-    """The folder that holds the dataset's four IDX files (see the module docstring for the order)."""
+def find_data_dir(dataset: str, root: str | Path | None = None, download: bool = True,
+                  splits: tuple[str, ...] = SPLITS) -> Path:
+    """The folder that holds the IDX files of ``splits`` (default both: four files; see the
+    module docstring for the order)."""
     spec = get_spec(dataset)
     searched: list[Path] = []
     bases = [Path(root).expanduser()] if root else []
@@ -187,16 +214,16 @@ def find_data_dir(dataset: str, root: str | Path | None = None, download: bool =
         bases.append(Path(os.environ[ENV_VAR]).expanduser())
     for base in bases:
         for folder in _candidates(base, spec):
-            if _complete(folder):
+            if _complete(folder, splits):
                 return folder
         searched.append(base)
     for d in spec.system_dirs:
-        if _complete(Path(d)):
+        if _complete(Path(d), splits):
             return Path(d)
         searched.append(Path(d))
-    if download:
-        return _download(spec, Path(root).expanduser() if root else DEFAULT_ROOT / spec.name)
     where = ", ".join(str(p) for p in searched) or "nowhere (no data.root, no $" + ENV_VAR + ")"
+    if download:
+        return _download(spec, Path(root).expanduser() if root else DEFAULT_ROOT / spec.name, where)
     raise DataError(f"{spec.name} not found (looked in {where}) and download is off; "
                     f"{missing_files_hint(spec)}")
 

@@ -260,7 +260,7 @@ def load_reference(dataset: str = "mnist", *, data_root: str | Path | None = Non
     """
     classifier = load_classifier(dataset, device)
     mu, cov = reference_stats(dataset)
-    data_dir = find_data_dir(dataset, data_root, download)
+    data_dir = find_data_dir(dataset, data_root, download, splits=("test",))  # train: real_floor
     test = load_split(data_dir, "test", dataset)
     features, preds = run_classifier(classifier, test.images, batch_size)
     accuracy = float((preds == test.labels.numpy()).mean())

@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,87 @@ def test_loader_errors():
         BatchLoader(_data(), 10, world_size=3)
     with pytest.raises(DataError, match="larger than the dataset"):
         BatchLoader(_data(5), 10)
+
+
+# --------------------------------------------------------------------------------- issue 13
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """torchvision's MNIST as it behaves offline: it creates MNIST/raw, then fails in five lines."""
+    import torchvision.datasets as tvd
+
+    from mnistdiff import data
+
+    class Offline:
+        def __init__(self, root, train=True, download=False):
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                               "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n"
+                               "<urlopen error [Errno -3] Temporary failure in name resolution>\n"
+                               "Tried http://yann.lecun.com/exdb/mnist/, got:\n<urlopen error>")
+
+    monkeypatch.setattr(tvd, "MNIST", Offline)
+    monkeypatch.delenv("MNISTDIFF_DATA", raising=False)
+    monkeypatch.setattr(data, "DEFAULT_ROOT", tmp_path / "cache")
+    return tmp_path
+
+
+def test_missing_data_offline_is_one_line_and_creates_nothing(offline, monkeypatch, capsys):
+    """`train` without data printed torchvision's five-line error and left empty MNIST/raw
+    folders in the user's directory."""
+    import sys
+
+    from mnistdiff.cli import main
+
+    user = offline / "user"
+    user.mkdir()
+    monkeypatch.chdir(user)
+    for args in (["train", "-c", str(Path(__file__).parents[1] / "configs" / "tiny.yaml"),
+                  "--data-dir", str(user / "data"), "--out", str(user / "run")],
+                 ["data", "info"]):
+        monkeypatch.setattr(sys, "argv", ["mnistdiff", *args])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 1 and len(err.splitlines()) == 1, err
+        assert "the download failed (RuntimeError: Error downloading" in err and "--data-dir" in err
+    assert list(user.iterdir()) == [] and not (offline / "cache").exists()
+
+
+def test_evaluate_samples_without_data_mentions_no_floor(offline, synthetic_dir, monkeypatch,
+                                                        capsys):
+    import shutil
+    import sys
+
+    from mnistdiff.cli import main
+    from mnistdiff.evaluation import save_npz_samples
+
+    npz = save_npz_samples(offline / "s.npz", np.zeros((4, 28, 28), np.uint8), np.arange(4))
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "evaluate", "--samples", str(npz), "--out",
+                                      str(offline / "r.json")])
+    with pytest.raises(SystemExit):
+        main()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--no-floor" in err and "download failed" in err
+
+
+def test_evaluate_without_the_training_split_mentions_no_floor(offline, mnist_dir, monkeypatch,
+                                                               capsys):
+    import shutil
+    import sys
+
+    from mnistdiff.cli import main
+    from mnistdiff.evaluation import save_npz_samples
+
+    npz = save_npz_samples(offline / "s.npz", np.zeros((4, 28, 28), np.uint8), np.arange(4))
+    test_only = offline / "test-only"
+    test_only.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, test_only / name)
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "evaluate", "--samples", str(npz), "--out",
+                                      str(offline / "r.json"), "--data-dir", str(test_only)])
+    with pytest.raises(SystemExit):
+        main()
+    err = capsys.readouterr().err.strip()
+    assert "no training split" in err and "--no-floor skips it" in err
+    assert not (offline / "r.json").exists()
