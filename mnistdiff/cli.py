@@ -265,7 +265,12 @@ def sample(
 
     from rich.progress import Progress
 
-    from .evaluation import save_npz_samples
+    import contextlib
+    import time
+
+    import torch
+
+    from .evaluation import NpzSamplesWriter
     from .files import all_or_nothing
     from .pipeline import load
     from .visualize import image_grid, labelled_grid, save_image
@@ -278,32 +283,69 @@ def sample(
                   folders={"--individual": individual})
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("sampling", total=len(wanted) * max(n, 1))
-        result = pipe.sample(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                             eta=s.eta, seed=s.seed, batch_size=batch_size,
-                             progress=lambda k: bar.advance(task, k))
+    batches = pipe.batches(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                           eta=s.eta, seed=s.seed, batch_size=batch_size)  # validates n
+    total, shown = len(wanted) * n, min(n, GRID_MAX)
+    if n > GRID_MAX and npz is None and individual is None:
+        raise MnistdiffError(f"--n {n}: the grid shows at most {GRID_MAX} images per digit; "
+                             f"write more with --npz or --individual")
+    _check_sample_space(total, len(wanted) * shown, scale, out_path, npz, individual)
 
-    if len(wanted) == 1:
-        grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=scale)
-    else:
-        grid = labelled_grid(result.images, [pipe.classes[c] for c in wanted], scale=scale)
-    with all_or_nothing():  # a full disk on the last file leaves none of them
+    start, kept, offset, nfe = time.perf_counter(), [], 0, 0
+    with all_or_nothing(), contextlib.ExitStack() as stack:  # all outputs appear, or none
+        writer = None if npz is None else stack.enter_context(NpzSamplesWriter(npz, total))
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("sampling", total=total)
+            for batch in batches:  # memory stays bounded by the batch (and the grid's images)
+                index = torch.arange(offset, offset + len(batch.images))
+                kept.append(batch.images[index % n < shown])
+                if writer is not None:
+                    writer.write(batch.images, batch.labels)
+                if individual is not None:
+                    for i, image, label in zip(index.tolist(), batch.images,
+                                               batch.labels.tolist()):
+                        save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
+                                   individual / f"{i:05d}-{label}.png")
+                offset, nfe = offset + len(batch.images), batch.nfe
+                bar.advance(task, len(batch.images))
+        seconds = time.perf_counter() - start
+        images = torch.cat(kept)
+        if len(wanted) == 1:
+            grid = image_grid(images, nrow=math.ceil(math.sqrt(shown)), scale=scale)
+        else:
+            grid = labelled_grid(images, [pipe.classes[c] for c in wanted], scale=scale)
         written = [save_image(grid, out_path)]
-        if npz is not None:
-            written.append(save_npz_samples(npz, result.images, result.labels))
-        if individual is not None:
-            for i, (image, label) in enumerate(zip(result.images, result.labels.tolist())):
-                save_image(image_grid(image[None], nrow=1, padding=0, scale=scale),
-                           individual / f"{i:05d}-{label}.png")
-            written.append(f"{len(result.images)} PNGs into {individual}/")
+    if npz is not None:
+        written.append(npz)
+    if individual is not None:
+        written.append(f"{total} PNGs into {individual}/")
     what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
-    out.print(f"{len(result.images)} images ({what}) with {s.sampler}, "
-              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {result.nfe} NFE, "
-              f"{result.seconds:.1f} s")
+    out.print(f"{total} images ({what}) with {s.sampler}, "
+              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {nfe} NFE, "
+              f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
+                                    if shown < n else ""))
     for path in written:
         out.print(f"wrote {path}")
 
+
+GRID_MAX = 1024  # images per digit in a sample grid (32 rows of 32): beyond it no one looks
+
+
+def _check_sample_space(total: int, in_grid: int, scale: int, out_path: Path,
+                        npz: Optional[Path], individual: Optional[Path]) -> None:
+    """Refuse before sampling when the outputs cannot fit: estimated bytes per file system
+    against its free space, and the grid (the only thing held in memory) against free memory.
+    Upper bounds: the NPZ as if it did not compress, a PNG per image at one 4 KiB block plus
+    its pixels."""
+    from .files import check_space
+
+    grid = in_grid * (30 * scale) ** 2  # pixels (one byte each) with the padding
+    disk = {out_path: grid}
+    if npz is not None:
+        disk[npz] = total * (28 * 28 + 8) + 4096
+    if individual is not None:
+        disk[individual] = total * (4096 + (28 * scale) ** 2)
+    check_space(disk, memory=4 * grid, what=f"{total:,} images")
 
 @app.command()
 def animate(

@@ -15,6 +15,7 @@ other papers computed in Inception space.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -322,6 +323,69 @@ def save_npz_samples(path: str | Path, images: torch.Tensor | np.ndarray,
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels)
     return write_atomic(path, buf.getvalue())
+
+
+class NpzSamplesWriter:
+    """Stream the samples format to ``path`` batch by batch, so memory stays bounded by a batch
+    however many images a job makes (``save_npz_samples`` needs them all in memory):
+
+        with NpzSamplesWriter("s.npz", total=n) as npz:
+            for images, labels in batches:
+                npz.write(images, labels)
+
+    The file is the same as ``save_npz_samples`` writes (a compressed NPZ with ``images`` uint8
+    (N, 28, 28) and ``labels`` int64 (N,), zip64 for large N), written atomically: it appears
+    complete when the block ends, or not at all."""
+
+    def __init__(self, path: str | Path, total: int):
+        self.path, self.total, self.written = Path(path), int(total), 0
+
+    def __enter__(self) -> NpzSamplesWriter:
+        import tempfile
+
+        from .files import atomic_file
+
+        self._stack = contextlib.ExitStack()
+        try:
+            f = self._stack.enter_context(atomic_file(self.path))
+            self._zip = self._stack.enter_context(
+                zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, allowZip64=True))
+            self._labels = self._stack.enter_context(tempfile.TemporaryFile())
+            self._images = self._zip.open("images.npy", "w", force_zip64=True)
+            np.lib.format.write_array_header_1_0(self._images, {
+                "descr": "|u1", "fortran_order": False, "shape": (self.total, 28, 28)})
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def write(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
+        images = _as_images(images)[:, 0].cpu().numpy()
+        labels = torch.as_tensor(labels).long().cpu().numpy()
+        if len(images) != len(labels) or self.written + len(images) > self.total:
+            raise ValueError(f"{len(images)} images and {len(labels)} labels after "
+                             f"{self.written} of {self.total}")
+        self._images.write(np.ascontiguousarray(images).tobytes())
+        self._labels.write(labels.astype("<i8").tobytes())
+        self.written += len(images)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self._images.close()
+            if exc_type is None:
+                if self.written != self.total:
+                    raise ValueError(f"wrote {self.written} of {self.total} images")
+                with self._zip.open("labels.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array_header_1_0(entry, {
+                        "descr": "<i8", "fortran_order": False, "shape": (self.total,)})
+                    self._labels.seek(0)
+                    while chunk := self._labels.read(1 << 20):
+                        entry.write(chunk)
+        except BaseException as e:  # e.g. a full disk: atomic_file removes the temp file
+            self._stack.__exit__(type(e), e, e.__traceback__)
+            raise
+        # closes the zip, then atomic_file renames the temp file (or removes it on an error)
+        self._stack.__exit__(exc_type, exc, tb)
 
 
 def load_npz_samples(path: str | Path, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:

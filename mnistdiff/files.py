@@ -106,14 +106,6 @@ def check_outputs(outputs: Mapping[str, str | Path | None],
             raise MnistdiffError(f"{option} {folder} is also {other}; give it its own folder")
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free disk space on the file system that ``path`` (or its nearest existing parent) is on."""
-    p = target_of(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
     try:
@@ -123,6 +115,36 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def check_space(disk: Mapping[str | Path, int], memory: int = 0, what: str = "the outputs") -> None:
+    """MnistdiffError (before any work) when estimated output sizes (path -> bytes) exceed the
+    free space of the file systems they land on (summed per file system), or ``memory`` bytes
+    exceed the available memory. A job that cannot finish should not run for hours first."""
+    per_device: dict[int, list] = {}
+    for path, size in disk.items():
+        p = target_of(path)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        entry = per_device.setdefault(p.stat().st_dev, [0, p])
+        entry[0] += size
+    for need, where in per_device.values():
+        free = shutil.disk_usage(where).free
+        if need > free:
+            raise MnistdiffError(f"{what} need about {_size(need)} on {where} but only "
+                                 f"{_size(free)} is free; ask for fewer")
+    avail = available_memory()
+    if avail is not None and memory > avail:
+        raise MnistdiffError(f"{what} need about {_size(memory)} of memory but only "
+                             f"{_size(avail)} is available; ask for fewer")
 
 
 def _make_parents(folder: Path, made: list[Path]) -> None:

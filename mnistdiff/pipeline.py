@@ -20,7 +20,7 @@ import dataclasses
 import math
 import numbers
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -182,7 +182,6 @@ class Pipeline:
                                  callback=callback, clip_x0=self.config.sample.clip_x0, **extra)
         return x0, eps_fn.nfe
 
-    @torch.inference_mode()
     def sample(self, digits: int | Sequence[int] | Tensor, n: int = 1, *, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, eta: float | None = None,
                seed: int | None = None, batch_size: int | None = None,
@@ -190,24 +189,47 @@ class Pipeline:
         """``n`` images of each digit, grouped by digit in the order given.
 
         Everything is validated before any work. ``progress(k)`` is called after each batch with
-        the number of images it finished. Memory stays bounded by ``batch_size``.
+        the number of images it finished. All images are kept: for jobs too large for memory,
+        iterate over :meth:`batches` instead.
         """
+        start, images, labels, nfe = time.perf_counter(), [], [], 0
+        for batch in self.batches(digits, n, sampler=sampler, steps=steps, guidance=guidance,
+                                  eta=eta, seed=seed, batch_size=batch_size):
+            images.append(batch.images)
+            labels.append(batch.labels)
+            nfe = batch.nfe
+            if progress is not None:
+                progress(len(batch.images))
+        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start)
+
+    def batches(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
+                sampler: str | None = None, steps: int | None = None,
+                guidance: float | None = None, eta: float | None = None, seed: int | None = None,
+                batch_size: int | None = None) -> Iterator[Samples]:
+        """The images of :meth:`sample` one batch at a time (each a ``Samples`` with that batch's
+        images, labels, NFE and seconds), so memory stays bounded by ``batch_size`` whatever
+        ``n`` is; the concatenated batches equal ``sample``'s result. Validates before any work
+        (when the iterator is created, not at the first ``next``)."""
         s = self.settings(sampler, steps, guidance, eta, seed)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
         batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
                               else batch_size, 1)
-        labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
+        return self._batches(digits, n, s, batch_size)
 
-        start, images, nfe = time.perf_counter(), [], 0
-        for b, i in enumerate(range(0, len(labels), batch_size)):
-            y = labels[i:i + batch_size].to(self.device)
+    @torch.inference_mode()
+    def _batches(self, digits: list[int], n: int, s: Settings,
+                 batch_size: int) -> Iterator[Samples]:
+        total = len(digits) * n
+        for b, i in enumerate(range(0, total, batch_size)):
+            start = time.perf_counter()
+            # labels of images i .. i + batch_size - 1 (digit j fills j * n ... (j + 1) * n - 1)
+            index = torch.arange(i, min(i + batch_size, total))
+            labels = torch.tensor(digits, dtype=torch.long)[index // n]
+            y = labels.to(self.device)
             generator = self._generator(s.seed, b)
             x0, nfe = self._denoise(self._noise(len(y), generator), y, s, generator)
-            images.append(to_uint8(x0).squeeze(1).cpu())
-            if progress is not None:
-                progress(len(y))
-        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
+            yield Samples(to_uint8(x0).squeeze(1).cpu(), labels, nfe, time.perf_counter() - start)
 
     @torch.inference_mode()
     def trajectory(self, digits: int | Sequence[int] | Tensor, *, sampler: str | None = None,

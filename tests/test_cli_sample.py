@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -142,6 +143,8 @@ BAD = [
     (["animate", "--fps", "1e-9"], "--fps: got 1e-09"),
     (["animate", "--fps", "inf"], "--fps: got inf"),
     (["animate", "--hold", "inf"], "--hold: got inf"),
+    (["sample", "--n", "100000000"], "images need about"),
+    (["sample", "--n", "2000", "--digit", "3"], "the grid shows at most 1024 images per digit"),
 ]
 
 
@@ -152,7 +155,7 @@ def bad_args(args: list[str], checkpoint: Path, broken: Path, out: Path) -> list
         args += ["--checkpoint", str(checkpoint)]
     if "--out" not in args:
         args += ["--out", str(out / ("x.png" if args[0] == "sample" else "x.gif"))]
-    if args[0] == "sample":
+    if args[0] == "sample" and "2000" not in args:
         args += [] if "--npz" in args else ["--npz", str(out / "x.npz")]
         args += [] if "--individual" in args else ["--individual", str(out / "each")]
     return args
@@ -225,3 +228,46 @@ def test_help_shows_flags_without_a_value_and_says_what_n_counts():
             assert "<bool>" not in line, line
     assert "in total" in runner.invoke(app, ["evaluate", "--help"], env=env).output
     assert "per class" in runner.invoke(app, ["data", "preview", "--help"], env=env).output
+
+
+def test_large_jobs_stream_and_the_grid_shows_the_first_images(tiny_checkpoint, tmp_path,
+                                                                monkeypatch):
+    """The NPZ is written batch by batch; the grid keeps only its first GRID_MAX per digit."""
+    from mnistdiff import cli
+
+    monkeypatch.setattr(cli, "GRID_MAX", 4)
+    png, npz = tmp_path / "g.png", tmp_path / "s.npz"
+    out = invoke("sample", "-k", tiny_checkpoint, "--digits", "1,2", "--n", 6, "--batch-size", 5,
+                 "--scale", 1, "--steps", 2, "--out", png, "--npz", npz)
+    assert "12 images (2 digits x 6)" in out and "the grid shows the first 4 of each digit" in out
+    images, labels = load_npz_samples(npz)
+    api = load(tiny_checkpoint, device="cpu").sample([1, 2], n=6, steps=2, batch_size=5)
+    assert torch.equal(images, api.images) and labels.tolist() == [1] * 6 + [2] * 6
+    grid = np.asarray(Image.open(png))
+    plain = np.asarray(image_grid(torch.cat([api.images[:4], api.images[6:10]]), nrow=4))
+    assert np.array_equal(grid[:, -plain.shape[1]:], plain)
+
+
+def test_disk_full_while_sampling_leaves_no_output(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mnistdiff import files
+
+    real_fsync, calls = os.fsync, []
+
+    def full(fd):  # the NPZ is fine, the grid PNG after it hits a full disk
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["mnistdiff", "sample", "-k", str(tiny_checkpoint), "--n", "2",
+                                      "--steps", "2", "-o", str(out / "g.png"), "--npz",
+                                      str(out / "s.npz")])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1 and len(err.splitlines()) == 1 and "No space left" in err
+    assert not out.exists()
