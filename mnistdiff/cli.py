@@ -499,6 +499,7 @@ def evaluate(
     from . import evaluation
     from .data import DatasetSpec, find_data_dir, has_split
     from .errors import DataError
+    from .files import all_or_nothing
     from .pipeline import load, resolve_device
     from .visualize import plot_guidance_sweep
 
@@ -566,7 +567,10 @@ def evaluate(
             rows.append(row)
     floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k,
                                       batch_size=batch) if floor else None
-    evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row), out_path)
+    with all_or_nothing():  # the report and the sweep plot appear together or not at all
+        evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row), out_path)
+        if plot is not None:  # beside the report, under its own name (checked above)
+            plot_guidance_sweep(rows, plot)
 
     table = Table("", "n", "accuracy", "FID", "precision", "recall", "NFE", "s / 100",
                   title=f"{ref.dataset}: classifier features, FID vs the test set, k = {k}")
@@ -584,8 +588,7 @@ def evaluate(
     if worst["accuracy"] is not None:
         out.print(f"lowest class accuracy: {worst['class']} {worst['accuracy']:.2%}")
     out.print(f"wrote {out_path}")
-    if plot is not None:  # beside the report, under its own name (checked above)
-        plot_guidance_sweep(rows, plot)
+    if plot is not None:
         out.print(f"wrote {plot}")
 
 
