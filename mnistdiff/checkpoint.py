@@ -133,7 +133,8 @@ def check_structure(ckpt: dict, where: str | Path) -> None:
     """CheckpointError (one line) unless the fields every reader uses have the right types and the
     weights are finite. The marker alone proves little: a hand-edited or half-converted file can
     carry it with a missing config or a tensor where a state dict belongs, which would otherwise
-    surface as a KeyError deep in a reader; and NaN weights would sample black images with exit 0."""
+    surface as a KeyError deep in a reader; and NaN weights would sample black images with
+    exit 0."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{where}: damaged checkpoint ({what})")
 

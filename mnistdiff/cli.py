@@ -357,7 +357,8 @@ def animate(
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames, denser near the end "
                                          "(default: steps + 1, at most 30).", show_default=False),
     fps: float = typer.Option(10.0, "--fps", help="Frames per second, 0.1 to 50 (GIF delays are "
-                              "whole hundredths of a second; players treat shorter ones as 0.1 s)."),
+                              "whole hundredths of a second; players show shorter ones as 0.1 "
+                              "s)."),
     hold: float = typer.Option(1.0, "--hold", help="Seconds the final frame stays on screen, 0 "
                                "to 60."),
     scale: int = typer.Option(4, "--scale", help="Nearest-neighbour upscaling."),

@@ -136,9 +136,9 @@ class Pipeline:
         if not (isinstance(guidance, numbers.Real) and math.isfinite(guidance) and guidance >= 0):
             raise MnistdiffError(f"guidance: got {guidance!r}, must be a number >= 0")
         if eta is not None and eta != d.eta and sampler != "ddim":  # ignoring it would mislead
-            raise MnistdiffError(f"eta: only the ddim sampler uses it ({sampler} "
-                                 f"{'is always stochastic' if sampler == 'ddpm' else 'is deterministic'}"
-                                 f"); drop --eta or use --sampler ddim")
+            how = "is always stochastic" if sampler == "ddpm" else "is deterministic"
+            raise MnistdiffError(f"eta: only the ddim sampler uses it ({sampler} {how}); drop "
+                                 f"--eta or use --sampler ddim")
         eta = d.eta if eta is None else eta
         if not (isinstance(eta, numbers.Real) and 0 <= eta <= 1):
             raise MnistdiffError(f"eta: got {eta!r}, must be between 0 and 1")

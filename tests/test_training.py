@@ -253,7 +253,8 @@ def test_resume_applies_lr_schedule_intervals_and_ema_overrides(synthetic_dir, t
 @pytest.mark.parametrize("override, key", [
     ("train.batch_size=8", "train.batch_size"), ("train.grad_accum=2", "train.grad_accum"),
     ("train.optimizer=adamw", "train.optimizer"), ("train.seed=3", "train.seed"),
-    ("diffusion.timesteps=40", "diffusion.timesteps"), ("diffusion.objective=v", "diffusion.objective"),
+    ("diffusion.timesteps=40", "diffusion.timesteps"),
+    ("diffusion.objective=v", "diffusion.objective"),
 ])
 def test_resume_refuses_settings_that_cannot_change(tiny_checkpoint, synthetic_dir, tmp_path,
                                                     override, key):
@@ -305,7 +306,7 @@ def test_disk_full_while_checkpointing_is_one_line(synthetic_dir, tmp_path, monk
 
     def full(fd):
         calls.append(fd)
-        if len(calls) > 4:  # the step-10 pair and config.yaml / log trims succeed, then the disk fills
+        if len(calls) > 4:  # config.yaml, the log trim and the step-10 pair succeed, then full
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
