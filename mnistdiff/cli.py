@@ -20,7 +20,7 @@ from rich.table import Table
 from . import __version__
 from .config import Config, dump_yaml, load_config
 from .errors import MnistdiffError
-from .files import check_outputs
+from .files import check_outputs, check_space
 
 app = typer.Typer(help="Train a class-conditional diffusion model on MNIST and sample digits.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
@@ -529,6 +529,9 @@ def evaluate(
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
         for w in scales or [None]:  # check every setting before the long work starts
             pipe.settings(sampler, steps, w, eta, seed)
+        # All samples and their features are held for scoring: refuse an n that cannot fit.
+        check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
+                    what=f"{n or pipe.config.eval.n:,} samples and their features")
         source = {"checkpoint": pipe.info.get("path"), "step": pipe.info.get("step")}
     batch = batch_size or cfg.eval.batch_size
     floor_hint = "; the real floor also needs the training split (--no-floor skips it)"

@@ -65,3 +65,20 @@ def test_data_info_and_preview(synthetic_dir, tmp_path):
     assert r.exit_code == 0
     img = Image.open(out)
     assert img.size == (4 * 30 + 2, 10 * 30 + 2)  # 28 px + 2 px padding per cell
+
+
+def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys):
+    """issue 13: an ENOSPC from a write outside files.py (the log, a plot) is not a traceback."""
+    import errno
+
+    from mnistdiff import cli
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/a/log.jsonl")
+
+    monkeypatch.setattr(cli, "app", full)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 1
+    assert err == "error: No space left on device while writing runs/a/log.jsonl"

@@ -54,6 +54,7 @@ def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
     (["--samples", "missing.npz"], "missing.npz"),
     (["--steps", "0"], "steps"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--n", "100000000000"], "of memory but only"),  # issue 13: refused before any work
 ])
 def test_evaluate_bad_input(tiny_checkpoint, tmp_path, args, message):
     report = tmp_path / "r.json"
