@@ -134,13 +134,14 @@ def check_space(disk: Mapping[str | Path, int], memory: int = 0, what: str = "th
         p = target_of(path)
         while not p.exists() and p != p.parent:
             p = p.parent
-        entry = per_device.setdefault(p.stat().st_dev, [0, p])
+        entry = per_device.setdefault(p.stat().st_dev, [0, p, []])
         entry[0] += size
-    for need, where in per_device.values():
+        entry[2].append(str(path))
+    for need, where, paths in per_device.values():
         free = shutil.disk_usage(where).free
         if need > free:
-            raise MnistdiffError(f"{what} need about {_size(need)} on {where} but only "
-                                 f"{_size(free)} is free; ask for fewer")
+            raise MnistdiffError(f"{what} need about {_size(need)} for {', '.join(paths)} but "
+                                 f"only {_size(free)} is free there; ask for fewer")
     avail = available_memory()
     if avail is not None and memory > avail:
         raise MnistdiffError(f"{what} need about {_size(memory)} of memory but only "

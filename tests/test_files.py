@@ -104,3 +104,12 @@ def test_all_or_nothing_commits_every_file_at_the_end(tmp_path):
         assert not (tmp_path / "a").exists()
         files.write_atomic(tmp_path / "b", b"2")
     assert (tmp_path / "a").read_bytes() == b"1" and (tmp_path / "b").read_bytes() == b"2"
+
+
+def test_check_space_refuses_what_cannot_fit(tmp_path):
+    files.check_space({tmp_path / "a.npz": 1000}, memory=1000)
+    with pytest.raises(MnistdiffError, match=r"need about .* for .*a.npz, .*b.png but only .* "
+                                             r"is free there"):
+        files.check_space({tmp_path / "a.npz": 10**18, tmp_path / "new" / "b.png": 1})
+    with pytest.raises(MnistdiffError, match="of memory but only"):
+        files.check_space({}, memory=10**18)
