@@ -188,9 +188,11 @@ def train(
 
 # --------------------------------------------------------------------------------- sample, animate, summarize
 
-CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="PATH",
-                             help="Checkpoint file, run folder or 'latest' (default: the newest "
-                                  "run under runs/).", show_default=False)
+CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="NAME|PATH",
+                             help="A bundled model (mnist, fashion-mnist), a checkpoint file, a "
+                                  "run folder or 'latest' (default: the newest run under runs/, "
+                                  "else the bundled mnist). An existing path wins over a name.",
+                             show_default=False)
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 EmaOpt = typer.Option(True, "--ema/--no-ema", help="Use the EMA weights when the checkpoint has them.")
 DigitOpt = typer.Option(None, "--digit", help="One digit (class label).", show_default=False)
@@ -224,6 +226,12 @@ def _digit_choice(digit: Optional[int], digits: Optional[str], all_: bool) -> Op
             raise MnistdiffError(f"--digits: expected comma-separated integers like 0,3,7, "
                                  f"got '{digits}'") from None
     return None
+
+
+def _say_model(pipe) -> None:
+    """The one line every model command prints: which model it is using."""
+    out.print(f"model: {pipe.info.get('source', pipe.info.get('path'))}", highlight=False,
+              soft_wrap=True)
 
 
 def _check_scale(scale: int) -> None:
@@ -272,6 +280,7 @@ def sample(
     pipe = load(checkpoint, device=device, ema=ema)
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
+    _say_model(pipe)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("sampling", total=len(wanted) * max(n, 1))
         result = pipe.sample(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
@@ -330,6 +339,7 @@ def animate(
     pipe = load(checkpoint, device=device, ema=ema)
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
+    _say_model(pipe)
     traj = pipe.trajectory(wanted, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                            eta=s.eta, seed=s.seed, frames=frames)
 
@@ -351,8 +361,9 @@ def summarize(
     as_json: bool = JsonOpt,
 ) -> None:
     """Layers, shapes, parameters and MACs of the U-Net, and how a checkpoint was trained."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .pipeline import checkpoint_info, summarize as summarize_model
+    from .pretrained import resolve_model
     from .unet import build_model
 
     if depth < 1:
@@ -363,10 +374,11 @@ def summarize(
         cfg = load_cfg(config, set_)
         model, info = build_model(cfg.model), None
     else:
-        path = resolve_checkpoint(checkpoint)
-        ckpt = load_checkpoint(path)
+        source = resolve_model(checkpoint)
+        ckpt = load_checkpoint(source.path)
         model, cfg = model_from_checkpoint(ckpt)
-        info = checkpoint_info(ckpt, path, ema=True)
+        info = checkpoint_info(ckpt, source.path, ema=True, name=source.name)
+        info["source"] = source.describe()
     summary = summarize_model(model, cfg, info, depth=depth)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -387,10 +399,19 @@ def summarize(
         "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
     }
     if info is not None:
+        out.print(f"model: {info['source']}", highlight=False, soft_wrap=True)
         ema_text = f"yes (decay {summary['ema_decay']:g})" if info["ema"] else "no"
+        if info["name"] is not None:  # a bundled model holds only its EMA weights
+            ema_text = f"yes (decay {summary['ema_decay']:g}; bundled as the model weights)"
         facts.update({"checkpoint": info["path"], "training step": f"{info['step']:,}",
                       "EMA weights": ema_text, "created": str(info["created"]),
                       "mnistdiff version": str(info["version"])})
+        for row in (info.get("card") or {}).get("metrics", []):
+            floor = row.get("real_floor") or {}
+            facts[f"measured ({row['label']})"] = (
+                f"n = {row['n']:,}, {row['sampler']} {row['steps']} steps, guidance "
+                f"{row['guidance']:g}: accuracy {row['accuracy']:.2%}, FID {row['fid']:.3f} "
+                f"(real floor {floor.get('fid', float('nan')):.3f})")
     facts_table = Table(show_header=False, box=None)
     for key, value in facts.items():
         facts_table.add_row(f"[bold]{key}[/]", value)
@@ -434,6 +455,14 @@ def evaluate(
                                "images (the best a generator can hope for)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass.",
                                              show_default=False),
+    cas: bool = typer.Option(False, "--cas", help="Also the Classification Accuracy Score: train "
+                             "the reference classifier on the samples, test it on real test "
+                             "images, next to the same classifier trained on as many real ones."),
+    cas_epochs: int = typer.Option(10, "--cas-epochs", help="Training epochs of each --cas "
+                                   "classifier."),
+    npz: Optional[Path] = typer.Option(None, "--npz", help="Also save the generated images as NPZ "
+                                       "(one guidance setting only); score it again with "
+                                       "--samples.", show_default=False),
     data_dir: Optional[Path] = DataDirOpt, device: str = DeviceOpt, ema: bool = EmaOpt,
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
@@ -449,7 +478,12 @@ def evaluate(
         raise MnistdiffError(f"--n: got {n}, must be >= 2 (FID needs a covariance)")
     if batch_size is not None and batch_size < 1:
         raise MnistdiffError(f"--batch-size: got {batch_size}, must be >= 1")
-
+    if cas_epochs < 1:
+        raise MnistdiffError(f"--cas-epochs: got {cas_epochs}, must be >= 1")
+    if npz is not None and (samples is not None or (scales is not None and len(scales) > 1)):
+        raise MnistdiffError("--npz saves the samples of one guidance setting; it excludes "
+                             "--samples and --guidance-sweep")
+    _check_output(npz, "--npz")
 
     if samples is not None:  # score someone's NPZ: no model needed
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
@@ -461,7 +495,9 @@ def evaluate(
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
         for w in scales or [None]:  # check every setting before the long work starts
             pipe.settings(sampler, steps, w, eta, seed)
-        source = {"checkpoint": pipe.info.get("path"), "step": pipe.info.get("step")}
+        _say_model(pipe)
+        source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
+                  "step": pipe.info.get("step")}
     batch = batch_size or cfg.eval.batch_size
     ref = evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
                                     download=cfg.data.download,
@@ -485,9 +521,18 @@ def evaluate(
                        seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
                        seconds_per_100=100 * result.seconds / len(result.images))
             rows.append(row)
-    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k,
-                                      batch_size=batch) if floor else None
-    evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row), out_path)
+            images, labels = result.images, result.labels
+        if npz is not None:
+            evaluation.save_npz_samples(npz, images, labels)
+    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k, batch_size=batch,
+                                      labels=labels) if floor else None
+    cas_row = None
+    if cas:
+        err.print(f"classification accuracy score: training 2 classifiers on {len(labels)} "
+                  f"images for {cas_epochs} epochs ...")
+        cas_row = evaluation.classification_accuracy_score(images, labels, ref,
+                                                           epochs=cas_epochs, seed=cfg.eval.seed)
+    evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row, cas_row), out_path)
 
     table = Table("", "n", "accuracy", "FID", "precision", "recall", "NFE", "s / 100",
                   title=f"{ref.dataset}: classifier features, FID vs the test set, k = {k}")
@@ -504,7 +549,13 @@ def evaluate(
     worst = min(rows[-1]["per_class"], key=lambda c: -1 if c["accuracy"] is None else c["accuracy"])
     if worst["accuracy"] is not None:
         out.print(f"lowest class accuracy: {worst['class']} {worst['accuracy']:.2%}")
+    if cas_row is not None:
+        out.print(f"classification accuracy score (n = {cas_row['n']}, {cas_row['epochs']} epochs): "
+                  f"{cas_row['generated']:.2%} trained on samples, {cas_row['real']:.2%} trained "
+                  f"on real images")
     out.print(f"wrote {out_path}")
+    if npz is not None:
+        out.print(f"wrote {npz}")
     if len(rows) > 1:
         plot = out_path.with_suffix(".png")
         plot_guidance_sweep(rows, plot)
