@@ -1,7 +1,8 @@
 """mnistdiff: a class-conditional diffusion model for MNIST, as a library and a CLI.
 
     import mnistdiff
-    pipe = mnistdiff.load("runs/tiny")                  # or None: the newest run under runs/
+    pipe = mnistdiff.load("mnist")                      # the bundled model; or a run folder / .pt
+                                                        # file; None: the newest run, else "mnist"
     images = pipe.sample(digits=[7], n=16).images       # uint8 (16, 28, 28)
 
 ``load`` and ``Pipeline`` are imported on first use, so ``import mnistdiff`` (and

@@ -196,9 +196,11 @@ def train(
 
 # --------------------------------------------------------------------------------- sample, animate, summarize
 
-CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="PATH",
-                             help="Checkpoint file, run folder or 'latest' (default: the newest "
-                                  "run under runs/).", show_default=False)
+CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="NAME|PATH",
+                             help="A bundled model (mnist, fashion-mnist), a checkpoint file, a "
+                                  "run folder or 'latest' (default: the newest run under runs/, "
+                                  "else the bundled mnist). An existing path wins over a name.",
+                             show_default=False)
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 EmaOpt = typer.Option(True, "--ema/--no-ema", metavar="",
                       help="Use the EMA weights when the checkpoint has them.")
@@ -233,6 +235,12 @@ def _digit_choice(digit: Optional[int], digits: Optional[str], all_: bool) -> Op
             raise MnistdiffError(f"--digits: expected comma-separated integers like 0,3,7, "
                                  f"got '{digits}'") from None
     return None
+
+
+def _say_model(pipe) -> None:
+    """The one line every model command prints: which model it is using."""
+    out.print(f"model: {pipe.info.get('source', pipe.info.get('path'))}", highlight=False,
+              soft_wrap=True)
 
 
 def _check_scale(scale: int) -> None:
@@ -290,6 +298,7 @@ def sample(
         raise MnistdiffError(f"--n {n}: the grid shows at most {GRID_MAX} images per digit; "
                              f"write more with --npz or --individual")
     _check_sample_space(total, len(wanted) * shown, scale, out_path, npz, individual)
+    _say_model(pipe)
 
     start, kept, offset, nfe = time.perf_counter(), [], 0, 0
     with all_or_nothing(), contextlib.ExitStack() as stack:  # all outputs appear, or none
@@ -383,6 +392,7 @@ def animate(
                   suffixes={"--out": (".gif", ".mp4"), "--strip": (".png",)})
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
+    _say_model(pipe)
     traj = pipe.trajectory(wanted, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                            eta=s.eta, seed=s.seed, frames=frames)
 
@@ -405,8 +415,9 @@ def summarize(
     as_json: bool = JsonOpt,
 ) -> None:
     """Layers, shapes, parameters and MACs of the U-Net, and how a checkpoint was trained."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .pipeline import checkpoint_info, summarize as summarize_model
+    from .pretrained import resolve_model
     from .unet import build_model
 
     if depth < 1:
@@ -417,10 +428,11 @@ def summarize(
         cfg = load_cfg(config, set_)
         model, info = build_model(cfg.model), None
     else:
-        path = resolve_checkpoint(checkpoint)
-        ckpt = load_checkpoint(path)
+        source = resolve_model(checkpoint)
+        ckpt = load_checkpoint(source.path)
         model, cfg = model_from_checkpoint(ckpt)
-        info = checkpoint_info(ckpt, path, ema=True)
+        info = checkpoint_info(ckpt, source.path, ema=True, name=source.name)
+        info["source"] = source.describe()
     summary = summarize_model(model, cfg, info, depth=depth)
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -441,14 +453,23 @@ def summarize(
         "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
     }
     if info is not None:
+        out.print(f"model: {info['source']}", highlight=False, soft_wrap=True)
         ema_text = (f"yes (decay {summary['ema_decay']:g}, half-life at most "
                     f"{cfg.train.ema_rampup:.0%} of training)" if info["ema"] else "no")
+        if info["name"] is not None:  # a bundled model holds only its EMA weights
+            ema_text = f"yes (decay {summary['ema_decay']:g}; bundled as the model weights)"
         facts.update({"checkpoint": info["path"], "training step": f"{info['step']:,}",
                       "EMA weights": ema_text,
                       "sampling uses": ("the EMA weights (--no-ema for the raw ones)"
                                         if info["ema"] else "the raw weights"),
                       "created": str(info["created"]),
                       "mnistdiff version": str(info["version"])})
+        for row in (info.get("card") or {}).get("metrics", []):
+            floor = row.get("real_floor") or {}
+            facts[f"measured ({row['label']})"] = (
+                f"n = {row['n']:,}, {row['sampler']} {row['steps']} steps, guidance "
+                f"{row['guidance']:g}: accuracy {row['accuracy']:.2%}, FID {row['fid']:.3f} "
+                f"(real floor {floor.get('fid', float('nan')):.3f})")
     facts_table = Table(show_header=False, box=None)
     for key, value in facts.items():
         facts_table.add_row(f"[bold]{key}[/]", value)
@@ -494,6 +515,14 @@ def evaluate(
                                "images (the best a generator can hope for)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass.",
                                              show_default=False),
+    cas: bool = typer.Option(False, "--cas", metavar="", help="Also the Classification Accuracy Score: train "
+                             "the reference classifier on the samples, test it on real test "
+                             "images, next to the same classifier trained on as many real ones."),
+    cas_epochs: int = typer.Option(10, "--cas-epochs", help="Training epochs of each --cas "
+                                   "classifier."),
+    npz: Optional[Path] = typer.Option(None, "--npz", help="Also save the generated images as NPZ "
+                                       "(one guidance setting only); score it again with "
+                                       "--samples.", show_default=False),
     data_dir: Optional[Path] = DataDirOpt, device: str = DeviceOpt, ema: bool = EmaOpt,
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
@@ -506,16 +535,21 @@ def evaluate(
 
     scales = _guidance_list(guidance, sweep)
     plot = out_path.with_suffix(".png") if scales is not None and len(scales) > 1 else None
-    check_outputs({"--out": out_path, "the sweep plot": plot},
+    check_outputs({"--out": out_path, "the sweep plot": plot, "--npz": npz},
                   {"--samples": samples, "checkpoint": checkpoint if checkpoint and
-                   Path(checkpoint).is_file() else None}, suffixes={"--out": (".json",)})
+                   Path(checkpoint).is_file() else None},
+                  suffixes={"--out": (".json",), "--npz": (".npz",)})
     if samples is not None and (checkpoint is not None or scales is not None or n is not None):
         raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
     if n is not None and n < 2:
         raise MnistdiffError(f"--n: got {n}, must be >= 2 (FID needs a covariance)")
     if batch_size is not None and batch_size < 1:
         raise MnistdiffError(f"--batch-size: got {batch_size}, must be >= 1")
-
+    if cas_epochs < 1:
+        raise MnistdiffError(f"--cas-epochs: got {cas_epochs}, must be >= 1")
+    if npz is not None and (samples is not None or (scales is not None and len(scales) > 1)):
+        raise MnistdiffError("--npz saves the samples of one guidance setting; it excludes "
+                             "--samples and --guidance-sweep")
 
     if samples is not None:  # score someone's NPZ: no model needed
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
@@ -524,7 +558,7 @@ def evaluate(
         pipe = None
     else:
         pipe = load(checkpoint, device=device, ema=ema)
-        check_outputs({"--out": out_path, "the sweep plot": plot},
+        check_outputs({"--out": out_path, "the sweep plot": plot, "--npz": npz},
                       {"checkpoint": pipe.info.get("path")})
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
         for w in scales or [None]:  # check every setting before the long work starts
@@ -532,7 +566,9 @@ def evaluate(
         # All samples and their features are held for scoring: refuse an n that cannot fit.
         check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
                     what=f"{n or pipe.config.eval.n:,} samples and their features")
-        source = {"checkpoint": pipe.info.get("path"), "step": pipe.info.get("step")}
+        _say_model(pipe)
+        source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
+                  "step": pipe.info.get("step")}
     batch = batch_size or cfg.eval.batch_size
     floor_hint = "; the real floor also needs the training split (--no-floor skips it)"
     try:  # missing data: say so before any sampling, with what --no-floor changes
@@ -569,12 +605,22 @@ def evaluate(
                        seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
                        seconds_per_100=100 * result.seconds / len(result.images))
             rows.append(row)
-    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k,
-                                      batch_size=batch) if floor else None
-    with all_or_nothing():  # the report and the sweep plot appear together or not at all
-        evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row), out_path)
+            images, labels = result.images, result.labels
+    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k, batch_size=batch,
+                                      labels=labels) if floor else None
+    cas_row = None
+    if cas:
+        err.print(f"classification accuracy score: training 2 classifiers on {len(labels)} "
+                  f"images for {cas_epochs} epochs ...")
+        cas_row = evaluation.classification_accuracy_score(images, labels, ref,
+                                                           epochs=cas_epochs, seed=cfg.eval.seed)
+    with all_or_nothing():  # the report, the sweep plot and the NPZ appear together or not at all
+        evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row, cas_row),
+                                out_path)
         if plot is not None:  # beside the report, under its own name (checked above)
             plot_guidance_sweep(rows, plot)
+        if npz is not None:
+            evaluation.save_npz_samples(npz, images, labels)
 
     table = Table("", "n", "accuracy", "FID", "precision", "recall", "NFE", "s / 100",
                   title=f"{ref.dataset}: classifier features, FID vs the test set, k = {k}")
@@ -591,7 +637,13 @@ def evaluate(
     worst = min(rows[-1]["per_class"], key=lambda c: -1 if c["accuracy"] is None else c["accuracy"])
     if worst["accuracy"] is not None:
         out.print(f"lowest class accuracy: {worst['class']} {worst['accuracy']:.2%}")
+    if cas_row is not None:
+        out.print(f"classification accuracy score (n = {cas_row['n']}, {cas_row['epochs']} epochs): "
+                  f"{cas_row['generated']:.2%} trained on samples, {cas_row['real']:.2%} trained "
+                  f"on real images")
     out.print(f"wrote {out_path}")
+    if npz is not None:
+        out.print(f"wrote {npz}")
     if plot is not None:
         out.print(f"wrote {plot}")
 

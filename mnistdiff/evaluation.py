@@ -11,12 +11,12 @@ other papers computed in Inception space.
     ref = load_reference("mnist")               # classifier + test-set features and statistics
     metrics = score(images_u8, labels, ref)     # accuracy, FID, precision, recall
     floor = real_floor(ref, n=10000)            # the same numbers for real training digits
+    cas = classification_accuracy_score(images_u8, labels, ref)  # a classifier trained on samples
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import zipfile
@@ -26,60 +26,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from . import __version__
+from .classifier import Classifier, train_classifier
 from .data import find_data_dir, get_spec, load_split, to_model_range
 from .errors import MnistdiffError
-from .files import write_atomic
+from .files import sha256_file, write_atomic
 
 ASSETS = Path(__file__).parent / "assets"
 MANIFEST = "manifest.json"
 METRIC_KEYS = ("dataset", "n", "accuracy", "per_class", "fid", "precision", "recall", "k")
-REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results", "real_floor")
+REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results", "real_floor",
+               "cas")
 
 
 # --------------------------------------------------------------------------------- the classifier
-
-def _conv(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                         nn.ReLU(inplace=True))
-
-
-class Classifier(nn.Module):
-    """A small CNN (~145k parameters): 28x28 -> 14 -> 7 -> 3, a 128-d feature layer, 10 logits.
-
-    Input: float images in [-1, 1] of shape (B, 1, 28, 28), the diffusion model's range
-    (``data.to_model_range`` of the uint8 pixels); no further normalisation.
-    """
-
-    def __init__(self, num_classes: int = 10, feature_dim: int = 128, dropout: float = 0.25):
-        super().__init__()
-        self.body = nn.Sequential(
-            _conv(1, 16), nn.MaxPool2d(2),                    # (B, 16, 14, 14)
-            _conv(16, 32), _conv(32, 32), nn.MaxPool2d(2),    # (B, 32, 7, 7)
-            _conv(32, 64), _conv(64, 64), nn.MaxPool2d(2),    # (B, 64, 3, 3)
-            nn.Flatten(),                                     # (B, 576)
-        )
-        self.feature = nn.Sequential(nn.Linear(576, feature_dim, bias=False),
-                                     nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) in [-1, 1] -> (B, feature_dim): the FID feature space."""
-        return self.feature(self.body(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def classifier_info(dataset: str = "mnist") -> dict:
     """The manifest entry of a dataset: file names, checksums, test accuracy, training settings."""
@@ -295,22 +256,73 @@ def score(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
             "per_class": per_class, "fid": fid, "precision": precision, "recall": recall, "k": k}
 
 
-def evaluate_images(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                    dataset: str = "mnist", *, data_root: str | Path | None = None, k: int = 3,
-                    batch_size: int = 500, device: torch.device | str = "cpu") -> dict:
-    """``score`` against a freshly loaded ``Reference`` (to score several sets, load it once)."""
-    ref = load_reference(dataset, data_root=data_root, device=device, batch_size=batch_size)
-    return score(images, labels, ref, k=k, batch_size=batch_size)
+def balanced_indices(labels: torch.Tensor, counts: list[int], seed: int = 0) -> torch.Tensor:
+    """Indices of ``counts[c]`` random items of each class c of ``labels`` (N,), drawn without
+    replacement by a generator seeded with ``seed``, grouped by class."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c, k in enumerate(counts):
+        members = (labels == c).nonzero().squeeze(1)
+        if k > len(members):
+            raise MnistdiffError(f"asked for {k} images of class {c}, the split has {len(members)}")
+        picked.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(picked)
+
+
+def class_counts(labels: torch.Tensor | np.ndarray, num_classes: int) -> list[int]:
+    """How many labels of each class: the histogram a real set is drawn to match."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+
+
+def _even_counts(n: int, num_classes: int) -> list[int]:
+    """n split over the classes as evenly as possible (the first n % C classes get one more)."""
+    return [n // num_classes + (c < n % num_classes) for c in range(num_classes)]
 
 
 def real_floor(reference: Reference, n: int = 10000, seed: int = 0, *, k: int = 3,
-               batch_size: int = 500) -> dict:
-    """The metrics of ``n`` random real *training* images vs the test set: what a perfect
-    generator would score with ``n`` samples (use the n of the samples it is compared with)."""
+               batch_size: int = 500, labels: torch.Tensor | np.ndarray | None = None) -> dict:
+    """The metrics of ``n`` real *training* images vs the test set: what a perfect generator
+    would score with ``n`` samples (use the n of the samples it is compared with).
+
+    The real set is class-balanced like a generated one: it has the class histogram of
+    ``labels`` (the generated set's labels) when given, else ``n`` split evenly over the classes.
+    """
     train = load_split(reference.data_dir, "train", reference.dataset)
-    n = min(n, len(train.labels))
-    idx = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:n]
+    num_classes = len(get_spec(reference.dataset).classes)
+    counts = class_counts(labels, num_classes) if labels is not None else _even_counts(n, num_classes)
+    idx = balanced_indices(train.labels, counts, seed)
     return score(train.images[idx], train.labels[idx], reference, k=k, batch_size=batch_size)
+
+
+def classification_accuracy_score(images: torch.Tensor | np.ndarray,
+                                  labels: torch.Tensor | np.ndarray, reference: Reference, *,
+                                  epochs: int = 10, batch_size: int = 128, seed: int = 0) -> dict:
+    """Classification Accuracy Score (Ravuri & Vinyals 2019): train the reference classifier's
+    architecture from scratch on the given (generated) images and their intended labels, with
+    the bundled classifier's recipe (``classifier.train_classifier``), and measure its accuracy
+    on the real test set. The same is done with as many real training images of each class, so
+    the score has its real-data counterpart next to it.
+
+    Returns {"n", "epochs", "generated": test accuracy, "real": test accuracy}. It trains two
+    classifiers on the reference's device: epochs * n * 2 images, ~400 images/s per CPU core.
+    """
+    images = _as_images(images)
+    labels = torch.as_tensor(labels).long().cpu()
+    if len(images) != len(labels):
+        raise MnistdiffError(f"{len(images)} images but {len(labels)} labels")
+    num_classes = len(get_spec(reference.dataset).classes)
+    test = load_split(reference.data_dir, "test", reference.dataset)
+    train = load_split(reference.data_dir, "train", reference.dataset)
+    real_idx = balanced_indices(train.labels, class_counts(labels, num_classes), seed)
+
+    def test_accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
+        model = train_classifier(x, y, epochs=epochs, batch_size=batch_size, seed=seed,
+                                 num_classes=num_classes, device=reference.device)
+        _, preds = run_classifier(model.to(reference.device), test.images)
+        return float((preds == test.labels.numpy()).mean())
+
+    return {"n": len(labels), "epochs": epochs, "generated": test_accuracy(images, labels),
+            "real": test_accuracy(train.images[real_idx], train.labels[real_idx])}
 
 
 # --------------------------------------------------------------------------------- files
@@ -429,9 +441,10 @@ def write_json(data: dict, path: str | Path) -> Path:
 
 
 def make_report(reference: Reference, source: dict, results: list[dict],
-                floor: dict | None) -> dict:
+                floor: dict | None, cas: dict | None = None) -> dict:
     """The JSON report: what was scored (``source``: checkpoint and sampler settings, or the NPZ),
-    one ``score`` dict per guidance scale (the caller adds guidance, seconds, NFE), the floor."""
+    one ``score`` dict per guidance scale (the caller adds guidance, seconds, NFE), the floor,
+    and the Classification Accuracy Score of the last setting when it was asked for."""
     info = reference.info
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"version": __version__, "created": created, "dataset": reference.dataset,
@@ -440,7 +453,7 @@ def make_report(reference: Reference, source: dict, results: list[dict],
                            "test_accuracy_measured": reference.accuracy,
                            "feature_space": f"penultimate layer ({info['feature_dim']}-d)",
                            "fid_reference": f"test split ({len(reference.features)} images)"},
-            "source": source, "results": results, "real_floor": floor}
+            "source": source, "results": results, "real_floor": floor, "cas": cas}
 
 
 def write_report(report: dict, path: str | Path) -> None:

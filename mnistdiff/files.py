@@ -18,6 +18,7 @@ here too, run by the CLI before any work (:func:`check_outputs`) and again at wr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -226,3 +227,12 @@ def all_or_nothing() -> Iterator[None]:
         _staged.reset(token)
     for tmp, target in state["files"]:
         os.replace(tmp, target)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,7 +1,7 @@
 """Sample digits from a trained checkpoint: what ``mnistdiff sample`` / ``animate`` and notebooks call.
 
     import mnistdiff
-    pipe = mnistdiff.load("runs/tiny")          # a .pt file, a run folder, or None for the newest run
+    pipe = mnistdiff.load("mnist")              # a bundled model, a .pt file, a run folder, or None
     out = pipe.sample(digits=[7], n=16)         # out.images: uint8 (16, 28, 28), out.labels: (16,)
     frames, captions = pipe.trajectory([0, 3, 7], frames=20)   # frames: uint8 (20, 3, 28, 28)
 
@@ -266,25 +266,36 @@ class Pipeline:
 
 # --------------------------------------------------------------------------------- loading
 
-def checkpoint_info(ckpt: dict, path: Path, ema: bool) -> dict:
-    """What a pipeline remembers about its checkpoint (shown by ``mnistdiff summarize``)."""
-    return {"path": str(path), "step": ckpt.get("step"), "epoch": ckpt.get("epoch"),
+def checkpoint_info(ckpt: dict, path: Path, ema: bool, name: str | None = None) -> dict:
+    """What a pipeline remembers about its checkpoint (shown by ``mnistdiff summarize``);
+    ``name`` is the bundled model's name, whose model card is then included."""
+    info = {"path": str(path), "name": name, "step": ckpt.get("step"), "epoch": ckpt.get("epoch"),
             "created": ckpt.get("created"), "version": ckpt.get("version"),
             "ema": bool(ema and ckpt.get("ema") is not None),
             "train_seconds": ckpt.get("train_seconds"), "images_seen": ckpt.get("images_seen")}
+    if name is not None:
+        from .pretrained import model_card
+
+        info["card"] = model_card(name)
+    return info
 
 
 def load(checkpoint: str | Path | None = None, device: str | torch.device = "auto",
          ema: bool = True) -> Pipeline:
-    """A Pipeline from a checkpoint file, a run folder, or None / "latest" (the newest run);
-    EMA weights when the checkpoint has them and ``ema`` is true."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint
+    """A Pipeline from a checkpoint file, a run folder, a bundled model's name ("mnist",
+    "fashion-mnist"), "latest" (the newest run) or None (the newest run, else the bundled
+    "mnist"); see ``pretrained.resolve_model``. EMA weights when the checkpoint has them and
+    ``ema`` is true (bundled models hold only their EMA weights)."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
+    from .pretrained import resolve_model
 
     dev = resolve_device(device)
-    path = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
+    source = resolve_model(checkpoint)
+    ckpt = load_checkpoint(source.path)
     model, config = model_from_checkpoint(ckpt, ema=ema)
-    return Pipeline(model, config, device=dev, info=checkpoint_info(ckpt, path, ema))
+    info = checkpoint_info(ckpt, source.path, ema, source.name)
+    info["source"] = source.describe()
+    return Pipeline(model, config, device=dev, info=info)
 
 
 # --------------------------------------------------------------------------------- summary

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mnistdiff.cli import app
 from mnistdiff.data import load_split
-from mnistdiff.evaluation import REPORT_KEYS, save_npz_samples
+from mnistdiff.evaluation import REPORT_KEYS, load_npz_samples, save_npz_samples
 
 runner = CliRunner()
 
@@ -36,6 +36,24 @@ def test_evaluate_checkpoint_sweep(tiny_checkpoint, mnist_dir, tmp_path):
     assert Image.open(report.with_suffix(".png")).size[0] > 100  # the sweep plot
 
 
+def test_evaluate_saves_its_samples_and_the_classification_accuracy_score(tiny_checkpoint,
+                                                                          mnist_dir, tmp_path):
+    report, npz = tmp_path / "r.json", tmp_path / "s.npz"
+    out = invoke("evaluate", "-k", tiny_checkpoint, "--n", 40, "--steps", 3, "--cas",
+                 "--cas-epochs", 1, "--npz", npz, "--data-dir", mnist_dir, "--out", report)
+    assert f"model: checkpoint {tiny_checkpoint}" in out and "classification accuracy score" in out
+    data = json.loads(report.read_text())
+    assert data["cas"]["n"] == 40 and data["cas"]["epochs"] == 1
+    assert 0 <= data["cas"]["generated"] <= 1 and 0 <= data["cas"]["real"] <= 1
+    images, labels = load_npz_samples(npz)
+    assert images.shape == (40, 28, 28) and labels.tolist() == sorted(labels.tolist())
+    # the saved samples score the same when read back
+    again = tmp_path / "again.json"
+    invoke("evaluate", "--samples", npz, "--data-dir", mnist_dir, "--out", again, "--no-floor")
+    assert json.loads(again.read_text())["results"][0]["fid"] == pytest.approx(
+        data["results"][0]["fid"])
+
+
 def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
     images, labels = load_split(mnist_dir, "train")
     npz = tmp_path / "real.npz"
@@ -55,6 +73,8 @@ def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
     (["--steps", "0"], "steps"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
     (["--n", "100000000000"], "of memory but only"),  # issue 13: refused before any work
+    (["--cas-epochs", "0"], "--cas-epochs: got 0"),
+    (["--guidance-sweep", "1,2", "--npz", "s.npz"], "--npz saves the samples of one"),
 ])
 def test_evaluate_bad_input(tiny_checkpoint, tmp_path, args, message):
     report = tmp_path / "r.json"

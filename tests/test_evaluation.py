@@ -190,8 +190,40 @@ def test_fid_grows_with_blur(reference, test_digits):
 def test_real_floor_is_small_with_high_precision_and_recall(reference):
     floor = ev.real_floor(reference, n=2000, seed=0)
     assert floor["n"] == 2000 and floor["accuracy"] > 0.99
+    assert [c["n"] for c in floor["per_class"]] == [200] * 10  # class-balanced, like samples
     assert floor["fid"] < 1.0
     assert floor["precision"] > 0.6 and floor["recall"] > 0.6
+
+
+def test_real_floor_matches_the_class_histogram_of_the_samples(reference):
+    labels = torch.tensor([3] * 30 + [5] * 10)
+    floor = ev.real_floor(reference, n=40, labels=labels)
+    assert [c["n"] for c in floor["per_class"]] == [0, 0, 0, 30, 0, 10, 0, 0, 0, 0]
+    assert [c["n"] for c in ev.real_floor(reference, n=23)["per_class"]] == [3, 3, 3] + [2] * 7
+
+
+def test_balanced_indices_are_distinct_seeded_and_of_the_right_classes():
+    labels = torch.arange(100) % 4
+    idx = ev.balanced_indices(labels, [5, 0, 2, 7], seed=3)
+    assert labels[idx].tolist() == [0] * 5 + [2] * 2 + [3] * 7
+    assert len(set(idx.tolist())) == 14
+    assert torch.equal(idx, ev.balanced_indices(labels, [5, 0, 2, 7], seed=3))
+    with pytest.raises(MnistdiffError, match="asked for 26 images of class 1"):
+        ev.balanced_indices(labels, [0, 26], seed=0)
+
+
+def test_classification_accuracy_score_of_real_and_of_scrambled_labels(reference, mnist_dir):
+    """CAS trains on the given images: real digits teach a good classifier, the same digits
+    with shuffled labels teach nothing (chance level), and the real counterpart is reported."""
+    train = load_split(mnist_dir, "train")
+    idx = ev.balanced_indices(train.labels, [50] * 10, seed=1)
+    images, labels = train.images[idx], train.labels[idx]
+    good = ev.classification_accuracy_score(images, labels, reference, epochs=3, batch_size=20)
+    assert good["n"] == 500 and good["epochs"] == 3
+    assert good["generated"] > 0.75 and good["real"] > 0.75
+    scrambled = labels[torch.randperm(500, generator=torch.Generator().manual_seed(0))]
+    bad = ev.classification_accuracy_score(images, scrambled, reference, epochs=3, batch_size=20)
+    assert bad["generated"] < 0.3 and bad["real"] == good["real"]  # same real set, same seed
 
 
 @pytest.fixture(scope="module")
