@@ -73,6 +73,7 @@ def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
     (["--steps", "0"], "steps"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
     (["--n", "100000000000"], "of memory but only"),  # issue 13: refused before any work
+    (["--npz", "x.png"], "so its name must end in .npz"),
     (["--cas-epochs", "0"], "--cas-epochs: got 0"),
     (["--guidance-sweep", "1,2", "--npz", "s.npz"], "--npz saves the samples of one"),
 ])
