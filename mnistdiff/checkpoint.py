@@ -121,6 +121,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: written by a newer mnistdiff ({ckpt.get('version')}) "
                               f"in format {version}; upgrade mnistdiff to read it")
     check_structure(ckpt, path)
+    return upgrade_config(ckpt)
+
+
+def upgrade_config(ckpt: dict) -> dict:
+    """Fill in what an older checkpoint's stored config means by a key added since: configs
+    written before ``train.ema_rampup`` existed trained with a fixed EMA decay (rampup 0), not
+    with today's default, so resuming or describing them must not change their EMA."""
+    train = ckpt["config"].get("train")
+    if isinstance(train, dict) and train.get("ema_decay") is not None:
+        train.setdefault("ema_rampup", 0.0)
     return ckpt
 
 

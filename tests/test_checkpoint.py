@@ -170,3 +170,14 @@ def test_prepare_run_resumes_with_the_stored_config(tiny_checkpoint):
     assert cfg.train.max_steps == 40 and cfg.train.ema_decay == 0.9  # stored config + override
     _, out, path = ck.prepare_run(None, [], run, "latest")
     assert path == tiny_checkpoint and out == run
+
+
+def test_a_checkpoint_from_before_ema_rampup_keeps_its_fixed_ema(tiny_checkpoint, tmp_path):
+    """Configs written before train.ema_rampup existed trained with a fixed EMA decay."""
+    old = ck.load_checkpoint(tiny_checkpoint)
+    del old["config"]["train"]["ema_rampup"]
+    ck.save_checkpoint(tmp_path / "old.pt", old)
+    _, cfg = ck.model_from_checkpoint(ck.load_checkpoint(tmp_path / "old.pt"))
+    assert cfg.train.ema_rampup == 0.0
+    _, cfg = ck.model_from_checkpoint(ck.load_checkpoint(tiny_checkpoint))
+    assert cfg.train.ema_rampup == ck.load_checkpoint(tiny_checkpoint)["config"]["train"]["ema_rampup"]
