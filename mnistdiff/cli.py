@@ -263,8 +263,20 @@ def sample(
                                               show_default=False),
     scale: int = typer.Option(2, "--scale", help="Nearest-neighbour upscaling of the grid."),
     device: str = DeviceOpt, ema: bool = EmaOpt,
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Complete this drawing "
+                                              "(28x28 grey PNG, white strokes on black): "
+                                              "inpainting keeps its pixels where --mask is set.",
+                                              show_default=False),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="PNG, white = keep the "
+                                        "--init-image pixel (default: its non-black pixels).",
+                                        show_default=False),
+    resample: int = typer.Option(1, "--resample", help="RePaint resampling: redo each "
+                                 "inpainting step this many times (costs as many times the "
+                                 "time)."),
 ) -> None:
-    """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit)."""
+    """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit).
+
+    With --init-image, complete a partial drawing into each digit asked for."""
     import math
 
     from rich.progress import Progress
@@ -277,15 +289,22 @@ def sample(
     _check_scale(scale)
     for path, option in ((out_path, "--out"), (npz, "--npz")):
         _check_output(path, option)
+    drawing = _read_drawing(init_image, mask)
     pipe = load(checkpoint, device=device, ema=ema)
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
     _say_model(pipe)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("sampling", total=len(wanted) * max(n, 1))
-        result = pipe.sample(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                             eta=s.eta, seed=s.seed, batch_size=batch_size,
-                             progress=lambda k: bar.advance(task, k))
+        if drawing is not None:  # one batch ends on its last step
+            result = pipe.inpaint(*drawing, wanted, n, sampler=s.sampler, steps=s.steps,
+                                  guidance=s.guidance, eta=s.eta, seed=s.seed, resample=resample,
+                                  batch_size=batch_size, callback=lambda i: bar.advance(
+                                      task, len(i["labels"]) if i["i"] == s.steps - 1 else 0))
+        else:
+            result = pipe.sample(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                                 eta=s.eta, seed=s.seed, batch_size=batch_size,
+                                 progress=lambda k: bar.advance(task, k))
 
     if len(wanted) == 1:
         grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=scale)
@@ -300,11 +319,26 @@ def sample(
                        individual / f"{i:05d}-{label}.png")
         written.append(f"{len(result.images)} PNGs into {individual}/")
     what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
+    if drawing is not None:
+        what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
     out.print(f"{len(result.images)} images ({what}) with {s.sampler}, "
               f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {result.nfe} NFE, "
               f"{result.seconds:.1f} s")
     for path in written:
         out.print(f"wrote {path}")
+
+
+def _read_drawing(init_image: Optional[Path], mask: Optional[Path]):
+    """(pixels, mask) for ``sample --init-image [--mask]``, or None without --init-image."""
+    from .visualize import read_drawing
+
+    if init_image is None:
+        if mask is not None:
+            raise MnistdiffError("--mask needs --init-image (the drawing to complete)")
+        return None
+    pixels = read_drawing(init_image, what="--init-image")
+    keep = (pixels > 0 if mask is None else read_drawing(mask, mask=True, what="--mask"))
+    return pixels, keep
 
 
 @app.command()
