@@ -607,3 +607,35 @@ def main() -> None:
             raise
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+# --------------------------------------------------------------------------------- ui
+
+@app.command()
+def ui(
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", "-k", metavar="NAME|PATH",
+        help="The model the page opens on (default: the bundled mnist); the page also lists the "
+             "bundled models and the runs under --runs-dir.", show_default=False),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; loopback keeps "
+                             "the page on this machine."),
+    port: int = typer.Option(0, "--port", help="Port (0: a free one)."),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in the "
+                                 "default web browser."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder of runs to offer."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", hidden=True,
+                                              show_default=False),
+    device: str = DeviceOpt,
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+) -> None:
+    """A local web page: make digits and watch them denoise, complete a drawing, morph between
+    seeds or digits, read the model card. Offline; Ctrl-C stops it."""
+    from .pretrained import MODELS_DIR
+    from .ui import make_server, serve
+
+    if not 0 <= port <= 65535:
+        raise MnistdiffError(f"--port: got {port}, must be between 0 and 65535")
+    server = make_server(host, port, checkpoint=checkpoint, runs_dir=runs_dir,
+                         models_dir=models_dir or MODELS_DIR, device=device, verbose=verbose)
+    serve(server, browser=browser, say=lambda line: out.print(line, highlight=False,
+                                                               soft_wrap=True))

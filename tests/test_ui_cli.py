@@ -77,3 +77,39 @@ def test_sample_init_image_errors_are_one_line(tiny_checkpoint, tmp_path, drawin
     (tmp_path / "text.png").write_text("not a picture")
     assert "not a readable image" in fails("sample", "-k", tiny_checkpoint, "--init-image",
                                            x_png, "--mask", tmp_path / "text.png")
+
+
+def test_ui_command_serves_on_a_free_loopback_port_and_stops(tiny_checkpoint, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from uihelpers import bundle_tiny, request
+
+    root = Path(__file__).resolve().parents[1]
+    models = bundle_tiny(tiny_checkpoint, tmp_path / "models")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistdiff", "ui", "--no-browser", "--device", "cpu",
+         "--runs-dir", str(Path(tiny_checkpoint).parents[2]), "--models-dir", str(models)],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert url and int(url.group(1)) > 0, line + proc.stderr.read()
+        assert "model: bundled:mnist" in line
+        status, _, body = request(url.group(0) + "api/models")
+        assert status == 200 and b"run:run" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read()
+
+
+def test_ui_command_errors_are_one_line(tmp_path):
+    assert "no models to offer" in fails("ui", "--no-browser", "--runs-dir", tmp_path / "none",
+                                         "--models-dir", tmp_path / "none")
+    assert "--port: got 70000" in fails("ui", "--no-browser", "--port", 70000)
