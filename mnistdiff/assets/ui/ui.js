@@ -150,7 +150,8 @@ async function loadCard() {
   for (const input of $$("input.seed")) { input.value = d.seed; input.min = 0; }
   for (const select of $$("select.digit-choice")) {
     const keep = select.value;
-    select.replaceChildren(...card.classes.map((name, i) => new Option(`${i} ${name}`, String(i))));
+    select.replaceChildren(...card.classes.map((name, i) =>
+      new Option(name === String(i) ? name : `${i} ${name}`, String(i))));
     if (keep && Number(keep) < card.classes.length) select.value = keep;
   }
   const [a, b] = [$("#morph-form [name=digit_a]"), $("#morph-form [name=digit_b]")];
