@@ -267,8 +267,20 @@ def sample(
                                               show_default=False),
     scale: int = typer.Option(2, "--scale", help="Nearest-neighbour upscaling of the grid."),
     device: str = DeviceOpt, ema: bool = EmaOpt,
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="Complete this drawing "
+                                              "(28x28 grey PNG, white strokes on black): "
+                                              "inpainting keeps its pixels where --mask is set.",
+                                              show_default=False),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="PNG, white = keep the "
+                                        "--init-image pixel (default: its non-black pixels).",
+                                        show_default=False),
+    resample: int = typer.Option(1, "--resample", help="RePaint resampling: redo each "
+                                 "inpainting step this many times (costs as many times the "
+                                 "time)."),
 ) -> None:
-    """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit)."""
+    """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit).
+
+    With --init-image, complete a partial drawing into each digit asked for."""
     import math
 
     from rich.progress import Progress
@@ -285,14 +297,20 @@ def sample(
 
     choice = _digit_choice(digit, digits, all_)
     _check_scale(scale)
+    drawing = _read_drawing(init_image, mask)
     pipe = load(checkpoint, device=device, ema=ema)
     check_outputs({"--out": out_path, "--npz": npz}, {"checkpoint": pipe.info.get("path")},
                   suffixes={"--out": (".png",), "--npz": (".npz",)},
                   folders={"--individual": individual})
     wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
     s = pipe.settings(sampler, steps, guidance, eta, seed)
-    batches = pipe.batches(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                           eta=s.eta, seed=s.seed, batch_size=batch_size)  # validates n
+    if drawing is None:
+        batches = pipe.batches(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                               eta=s.eta, seed=s.seed, batch_size=batch_size)  # validates n
+    else:  # inpainting returns the whole job at once
+        batches = iter([pipe.inpaint(*drawing, wanted, n, sampler=s.sampler, steps=s.steps,
+                                     guidance=s.guidance, eta=s.eta, seed=s.seed,
+                                     resample=resample, batch_size=batch_size)])
     total, shown = len(wanted) * n, min(n, GRID_MAX)
     if n > GRID_MAX and npz is None and individual is None:
         raise MnistdiffError(f"--n {n}: the grid shows at most {GRID_MAX} images per digit; "
@@ -329,6 +347,8 @@ def sample(
     if individual is not None:
         written.append(f"{total} PNGs into {individual}/")
     what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
+    if drawing is not None:
+        what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
     out.print(f"{total} images ({what}) with {s.sampler}, "
               f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {nfe} NFE, "
               f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
@@ -355,6 +375,20 @@ def _check_sample_space(total: int, in_grid: int, scale: int, out_path: Path,
     if individual is not None:
         disk[individual] = total * (4096 + (28 * scale) ** 2)
     check_space(disk, memory=4 * grid, what=f"{total:,} images")
+
+
+def _read_drawing(init_image: Optional[Path], mask: Optional[Path]):
+    """(pixels, mask) for ``sample --init-image [--mask]``, or None without --init-image."""
+    from .visualize import read_drawing
+
+    if init_image is None:
+        if mask is not None:
+            raise MnistdiffError("--mask needs --init-image (the drawing to complete)")
+        return None
+    pixels = read_drawing(init_image, what="--init-image")
+    keep = (pixels > 0 if mask is None else read_drawing(mask, mask=True, what="--mask"))
+    return pixels, keep
+
 
 @app.command()
 def animate(
@@ -646,6 +680,38 @@ def evaluate(
         out.print(f"wrote {npz}")
     if plot is not None:
         out.print(f"wrote {plot}")
+
+
+# --------------------------------------------------------------------------------- ui
+
+@app.command()
+def ui(
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", "-k", metavar="NAME|PATH",
+        help="The model the page opens on (default: the bundled mnist); the page also lists the "
+             "bundled models and the runs under --runs-dir.", show_default=False),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on; loopback keeps "
+                             "the page on this machine."),
+    port: int = typer.Option(0, "--port", help="Port (0: a free one)."),
+    browser: bool = typer.Option(True, "--browser/--no-browser", help="Open the page in the "
+                                 "default web browser."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Folder of runs to offer."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", hidden=True,
+                                              show_default=False),
+    device: str = DeviceOpt,
+    verbose: bool = typer.Option(False, "--verbose", help="Log every request."),
+) -> None:
+    """A local web page: make digits and watch them denoise, complete a drawing, morph between
+    seeds or digits, read the model card. Offline; Ctrl-C stops it."""
+    from .pretrained import MODELS_DIR
+    from .ui import make_server, serve
+
+    if not 0 <= port <= 65535:
+        raise MnistdiffError(f"--port: got {port}, must be between 0 and 65535")
+    server = make_server(host, port, checkpoint=checkpoint, runs_dir=runs_dir,
+                         models_dir=models_dir or MODELS_DIR, device=device, verbose=verbose)
+    serve(server, browser=browser, say=lambda line: out.print(line, highlight=False,
+                                                               soft_wrap=True))
 
 
 # --------------------------------------------------------------------------------- entry point

@@ -263,6 +263,252 @@ class Pipeline:
                     for k in keep]
         return Trajectory(torch.stack([shots[k] for k in keep]), captions)
 
+    # ----------------------------------------------------------------------------- live, inpaint, morph
+
+    @torch.inference_mode()
+    def sample_live(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
+                    sampler: str | None = None, steps: int | None = None,
+                    guidance: float | None = None, eta: float | None = None,
+                    seed: int | None = None, batch_size: int | None = None,
+                    callback: Callable[[dict], None] | None = None) -> Samples:
+        """``sample`` that reports every step of every batch (what ``mnistdiff ui`` streams).
+
+        ``callback(info)`` gets the sampler's ``{"i", "t", "x", "x0"}`` plus ``"batch"``,
+        ``"batches"``, ``"steps"`` and the batch's ``"labels"``; it must not change ``x``.
+        The images equal ``sample``'s with the same arguments (same batches, same generators).
+        An exception raised by the callback stops the sampling (a closed page, say)."""
+        s = self.settings(sampler, steps, guidance, eta, seed)
+        digits = self.check_digits(digits)
+        n = _integer("n", n, 1)
+        batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
+                              else batch_size, 1)
+        labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
+        batches = -(-len(labels) // batch_size)
+
+        start, images, nfe = time.perf_counter(), [], 0
+        for b, i in enumerate(range(0, len(labels), batch_size)):
+            y = labels[i:i + batch_size].to(self.device)
+            generator = self._generator(s.seed, b)
+            report = None if callback is None else _reporter(
+                callback, batch=b, batches=batches, steps=s.steps, labels=y)
+            x0, nfe = self._denoise(self._noise(len(y), generator), y, s, generator, report)
+            images.append(to_uint8(x0).squeeze(1).cpu())
+        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def inpaint(self, image, mask, digits: int | Sequence[int] | Tensor, n: int = 1, *,
+                sampler: str | None = None, steps: int | None = None,
+                guidance: float | None = None, eta: float | None = None,
+                seed: int | None = None, resample: int = 1, batch_size: int | None = None,
+                callback: Callable[[dict], None] | None = None) -> Samples:
+        """Complete a partial drawing: ``n`` images of each digit that keep ``image``'s pixels
+        wherever ``mask`` is set (what ``sample --init-image/--mask`` and the page call).
+
+        ``image``: (28, 28) integer pixels 0 (black) to 255 (white), as in MNIST; ``mask``:
+        (28, 28), nonzero / True = a known pixel to keep. Arrays, tensors or nested lists.
+
+        After every step the known pixels of x are replaced by the drawing noised to the
+        timestep x is now at, a draw from q(x_s | drawing) (RePaint, Lugmayr et al. 2022, eq. 8),
+        so the model fills in the rest around them; the final image holds the drawing's exact
+        pixels where the mask is set. ``resample`` > 1 is RePaint's resampling: after each step
+        x is noised back to the step's start and the step redone (a DDPM posterior step),
+        ``resample - 1`` more times, which blends the filled-in part with the known one at the
+        cost of ``resample`` times the network evaluations. Batches and seeds as in ``sample``;
+        ``callback`` as in ``sample_live``."""
+        s = self.settings(sampler, steps, guidance, eta, seed)
+        digits = self.check_digits(digits)
+        n = _integer("n", n, 1)
+        resample = _integer("resample", resample, 1, 20)
+        batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
+                              else batch_size, 1)
+        known_u8, keep = _drawing(image, mask)
+        channels = self.config.model.in_channels
+        known = (known_u8.float() * (2.0 / 255.0) - 1.0).expand(1, channels, -1, -1).to(self.device)
+        keep = keep.expand(1, channels, -1, -1).to(self.device)
+        labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
+        batches = -(-len(labels) // batch_size)
+        ts = timesteps(self.schedule.T, s.steps).tolist()
+        ab = self.schedule.alphas_cumprod.double().cpu().tolist()
+
+        def noised(t: int | None, like: Tensor, generator: torch.Generator) -> Tensor:
+            """The drawing at timestep t (None: clean), one fresh draw per image."""
+            if t is None:
+                return known.expand_as(like)
+            eps = self._randn(like, generator)
+            return math.sqrt(ab[t]) * known + math.sqrt(1 - ab[t]) * eps
+
+        start, images, nfe = time.perf_counter(), [], 0
+        for b, i in enumerate(range(0, len(labels), batch_size)):
+            y = labels[i:i + batch_size].to(self.device)
+            generator = self._generator(s.seed, b)
+            eps_fn = guided_eps(self._forward, self.schedule, y, s.guidance,
+                                self.config.diffusion.objective, null_label=self.num_classes)
+            x = self._noise(len(y), generator)
+            x = torch.where(keep, noised(ts[0], x, generator), x)
+            report = None if callback is None else _reporter(
+                callback, batch=b, batches=batches, steps=s.steps, labels=y)
+
+            def replace(info: dict, generator=generator, eps_fn=eps_fn, report=report) -> None:
+                # The samplers continue from the very tensor info["x"]: changing it in place
+                # changes the next step's input (see samplers.py).
+                x, k = info["x"], info["i"]
+                t, s_next = ts[k], (ts[k + 1] if k + 1 < len(ts) else None)
+                x.copy_(torch.where(keep, noised(s_next, x, generator), x))
+                if s_next is not None:
+                    for _ in range(resample - 1):
+                        x.copy_(self._repaint_step(eps_fn, x, t, s_next, generator))
+                        x.copy_(torch.where(keep, noised(s_next, x, generator), x))
+                if report is not None:
+                    report(info)
+
+            extra = {"eta": s.eta} if s.sampler == "ddim" else {}
+            x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps, generator=generator,
+                                     callback=replace, clip_x0=self.config.sample.clip_x0,
+                                     **extra)
+            x0 = torch.where(keep, known, x0)  # exact, whatever the sampler did on its last step
+            nfe = eps_fn.nfe
+            images.append(to_uint8(x0).squeeze(1).cpu())
+        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
+
+    def _repaint_step(self, eps_fn: Callable, x_s: Tensor, t: int, s: int,
+                      generator: torch.Generator) -> Tensor:
+        """Noise x_s back to timestep t > s (a draw from q(x_t | x_s)), then one DDPM
+        posterior step t -> s (DDIM with eta 1 on these two timesteps)."""
+        from .samplers import _denoise
+
+        ab = self.schedule.alphas_cumprod
+        ab_t, ab_s = float(ab[t]), float(ab[s])
+        a_t, s_t, a_s, s_s = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_s), math.sqrt(1 - ab_s)
+        x_t = (a_t / a_s) * x_s + math.sqrt(max(1 - ab_t / ab_s, 0.0)) * self._randn(x_s, generator)
+        x0, eps = _denoise(eps_fn, x_t, t, self.schedule, self.config.sample.clip_x0)
+        sigma = (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0))
+        x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
+        return x + sigma * self._randn(x, generator)
+
+    def _randn(self, like: Tensor, generator: torch.Generator) -> Tensor:
+        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    @torch.inference_mode()
+    def interpolate(self, digits: int | Sequence[int], seeds: int | Sequence[int] | None = None,
+                    frames: int = 8, *, sampler: str | None = None, steps: int | None = None,
+                    guidance: float | None = None) -> Morph:
+        """A morph in ``frames`` images from (digit a, seed a) to (digit b, seed b).
+
+        ``digits``: one digit or two; ``seeds``: one seed or two (default: the checkpoint's).
+        Frame j at α = j / (frames - 1) starts from the spherical interpolation (slerp) of the
+        two seeds' starting noises and is guided by the two labels mixed at the same α,
+        ε = ε_u + w ((1 - α) ε_a + α ε_b - ε_u). The sampler must be deterministic (ddim with
+        eta 0, or dpmpp; ddim when the checkpoint's default is ddpm), so the first and the last
+        frames are ``sample(digit, 1, seed=seed)`` of each end."""
+        pair_d = [digits] if isinstance(digits, numbers.Integral) else list(digits)
+        pair_s = [seeds] if seeds is None or isinstance(seeds, numbers.Integral) else list(seeds)
+        if not 1 <= len(pair_d) <= 2 or not 1 <= len(pair_s) <= 2:
+            raise MnistdiffError("morph: give one or two digits and one or two seeds")
+        if sampler is None and self.config.sample.sampler == "ddpm":
+            sampler = "ddim"
+        if sampler == "ddpm":
+            raise MnistdiffError("morph needs a deterministic sampler: ddim (eta 0) or dpmpp, "
+                                 "not ddpm")
+        a, b = self.check_digits(pair_d * (3 - len(pair_d)))
+        s = self.settings(sampler, steps, guidance, 0.0, pair_s[0])
+        sa, sb = (self.settings(seed=v).seed for v in pair_s * (3 - len(pair_s)))
+        if (a, sa) == (b, sb):
+            raise MnistdiffError(f"morph: both ends are digit {a} with seed {sa}; give two "
+                                 f"different seeds or two different digits")
+        frames = _integer("frames", frames, 2, 64)
+
+        start = time.perf_counter()
+        alphas = [j / (frames - 1) for j in range(frames)]
+        za = self._noise(1, self._generator(sa, 0))
+        zb = self._noise(1, self._generator(sb, 0))
+        x = torch.cat([slerp(za, zb, u) for u in alphas])
+        mix = torch.tensor(alphas, device=self.device).view(-1, 1, 1, 1)
+        objective, null = self.config.diffusion.objective, self.num_classes
+        ya = torch.full((frames,), a, dtype=torch.long, device=self.device)
+        eps_a = guided_eps(self._forward, self.schedule, ya, s.guidance, objective, null)
+        eps_b = guided_eps(self._forward, self.schedule, torch.full_like(ya, b), s.guidance,
+                           objective, null) if b != a else eps_a
+
+        def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+            if eps_b is eps_a:
+                return eps_a(x, t)
+            return (1 - mix) * eps_a(x, t) + mix * eps_b(x, t)
+
+        extra = {"eta": 0.0} if s.sampler == "ddim" else {}
+        x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps,
+                                 generator=self._generator(sa, 0),
+                                 clip_x0=self.config.sample.clip_x0, **extra)
+        nfe = eps_a.nfe + (eps_b.nfe if eps_b is not eps_a else 0)
+        return Morph(to_uint8(x0).squeeze(1).cpu(), alphas, (a, b), (sa, sb), s.sampler, s.steps,
+                     s.guidance, nfe, time.perf_counter() - start)
+
+
+class Morph(NamedTuple):
+    """What ``Pipeline.interpolate`` returns."""
+
+    images: Tensor  # (F, 28, 28) uint8, from the first end to the second
+    alphas: list[float]  # the interpolation fraction of each frame, 0 .. 1
+    digits: tuple[int, int]
+    seeds: tuple[int, int]
+    sampler: str
+    steps: int
+    guidance: float
+    nfe: int  # network evaluations per frame and step (both ends' guided passes)
+    seconds: float
+
+
+def slerp(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """Spherical interpolation between two noise tensors (Shoemake 1985; as in DDIM's
+    interpolation experiments): exactly ``a`` at 0 and ``b`` at 1, linear when they are parallel."""
+    cos = float((a * b).sum() / (a.norm() * b.norm()))
+    theta = math.acos(max(-1.0, min(1.0, cos)))
+    if theta < 1e-6:
+        return (1 - alpha) * a + alpha * b
+    wa, wb = math.sin((1 - alpha) * theta) / math.sin(theta), math.sin(alpha * theta) / math.sin(theta)
+    if alpha == 0:
+        wa, wb = 1.0, 0.0
+    elif alpha == 1:
+        wa, wb = 0.0, 1.0
+    return wa * a + wb * b
+
+
+def _reporter(callback: Callable[[dict], None], **extra) -> Callable[[dict], None]:
+    """A sampler callback that adds ``extra`` (the batch, ...) to each step's info."""
+    return lambda info: callback({**info, **extra})
+
+
+def _drawing(image, mask) -> tuple[Tensor, Tensor]:
+    """(pixels uint8 (1, 1, 28, 28), keep bool (1, 1, 28, 28)) from user input, checked."""
+    import numpy as np
+
+    def grid(value, name: str) -> np.ndarray:
+        if isinstance(value, Tensor):
+            value = value.detach().cpu().numpy()
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError):
+            raise MnistdiffError(f"{name}: expected a 28x28 array") from None
+        arr = arr.reshape(arr.shape[-2:]) if arr.ndim > 2 and arr.size == 28 * 28 else arr
+        if arr.shape != (IMAGE_SIZE, IMAGE_SIZE):
+            raise MnistdiffError(f"{name}: expected {IMAGE_SIZE}x{IMAGE_SIZE} pixels, "
+                                 f"got shape {tuple(arr.shape)}")
+        return arr
+
+    pixels, keep = grid(image, "image"), grid(mask, "mask")
+    if pixels.dtype == bool or not np.issubdtype(pixels.dtype, np.integer) or \
+            pixels.min() < 0 or pixels.max() > 255:
+        raise MnistdiffError("image: expected integer pixels from 0 (black) to 255 (white)")
+    if not (keep.dtype == bool or np.issubdtype(keep.dtype, np.number)):
+        raise MnistdiffError("mask: expected numbers or booleans (nonzero = keep the pixel)")
+    keep = keep != 0
+    if not keep.any():
+        raise MnistdiffError("the mask keeps no pixels: draw part of the digit first")
+    if keep.all():
+        raise MnistdiffError("the mask keeps every pixel: leave some of the image for the model "
+                             "to fill in")
+    return (torch.from_numpy(pixels.astype(np.uint8)).view(1, 1, IMAGE_SIZE, IMAGE_SIZE),
+            torch.from_numpy(keep).view(1, 1, IMAGE_SIZE, IMAGE_SIZE))
+
 
 # --------------------------------------------------------------------------------- loading
 

@@ -236,3 +236,28 @@ def plot_guidance_sweep(rows: Sequence[dict], path: str | Path) -> Path:
     ax2.set_ylabel("class accuracy (%)", color="C1")
     ax.set_title("sample quality against guidance")
     return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------- reading drawings
+
+def read_drawing(path: str | Path, *, mask: bool = False, what: str = "image") -> np.ndarray:
+    """A PNG (or any image Pillow reads) as 28x28 uint8 grey pixels, white = 255 as in MNIST.
+
+    Square images of another size are resized (area average; nearest-neighbour for a mask, so it
+    stays two-valued). With ``mask`` the result is 0 / 1: pixels >= 128 are 1 (keep)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            grey = im.convert("L")
+    except FileNotFoundError:
+        raise MnistdiffError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise MnistdiffError(f"{what} {path} is not a readable image ({e})") from None
+    if grey.width != grey.height:
+        raise MnistdiffError(f"{what} {path} is {grey.width}x{grey.height}; it must be square "
+                             f"(28x28, or larger to be scaled down)")
+    if grey.size != (28, 28):
+        grey = grey.resize((28, 28), Image.NEAREST if mask else Image.BOX)
+    pixels = np.asarray(grey, dtype=np.uint8)
+    return (pixels >= 128).astype(np.uint8) if mask else pixels.copy()
