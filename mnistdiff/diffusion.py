@@ -22,8 +22,6 @@ from torch import Tensor
 
 Model = Callable[[Tensor, Tensor, Tensor], Tensor]  # model(x_t (B,C,H,W), t (B,), y (B,)) -> (B,C,H,W)
 
-OBJECTIVES = ("eps", "v")
-
 
 @dataclass(frozen=True)
 class Schedule:
@@ -48,6 +46,28 @@ class Schedule:
         return Schedule(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 
+def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """β linear from beta_start to beta_end (DDPM). With the defaults and T = 500, ᾱ goes from
+    0.9999 at t = 0 to 0.0064 at t = T-1: the last step is not pure noise."""
+    return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """ᾱ_t = f(t) / f(0), f(t) = cos²((t/T + s) / (1 + s) · π/2), s = 0.008 (Nichol & Dhariwal
+    2021, eq. 17), β clipped at 0.999. ᾱ goes from 0.99991 at t = 0 to ~1e-8 at t = T-1
+    (T = 500). beta_start and beta_end are ignored."""
+    s = 0.008
+    u = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps  # paper's t/T, t = 0..T
+    f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)  # β_t = 1 - ᾱ_t / ᾱ_{t-1}
+
+
+SCHEDULES: dict[str, Callable[[int, float, float], Tensor]] = {"linear": linear_betas,
+                                                               "cosine": cosine_betas}
+"""Noise schedules by name: betas(timesteps, beta_start, beta_end) -> β (T,) float64. The
+single source of ``diffusion.schedule``'s choices (config validation lists these keys)."""
+
+
 def make_schedule(
     kind: str,
     timesteps: int,
@@ -55,25 +75,12 @@ def make_schedule(
     beta_end: float = 0.02,
     device: torch.device | str | None = None,
 ) -> Schedule:
-    """Build a noise schedule with `timesteps` steps.
-
-    "linear": β linear from beta_start to beta_end (DDPM). With the defaults and T = 500,
-        ᾱ goes from 0.9999 at t = 0 to 0.0064 at t = T-1: the last step is not pure noise.
-    "cosine": ᾱ_t = f(t) / f(0), f(t) = cos²((t/T + s) / (1 + s) · π/2), s = 0.008
-        (Nichol & Dhariwal 2021, eq. 17), β clipped at 0.999. ᾱ goes from 0.99991 at t = 0
-        to ~1e-8 at t = T-1 (T = 500). beta_start and beta_end are ignored.
-    """
+    """Build a noise schedule with `timesteps` steps; `kind` names one of SCHEDULES."""
     if timesteps < 1:
         raise ValueError(f"timesteps must be at least 1, got {timesteps}")
-    if kind == "linear":
-        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
-    elif kind == "cosine":
-        s = 0.008
-        u = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps  # paper's t/T, t = 0..T
-        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)  # β_t = 1 - ᾱ_t / ᾱ_{t-1}
-    else:
-        raise ValueError(f"unknown schedule {kind!r}; expected 'linear' or 'cosine'")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; expected one of {', '.join(SCHEDULES)}")
+    betas = SCHEDULES[kind](timesteps, beta_start, beta_end)
 
     alphas_cumprod = torch.cumprod(1 - betas, dim=0)
     tensors = dict(
@@ -112,13 +119,68 @@ def velocity(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     return _at(schedule.sqrt_ab, t, x0) * eps - _at(schedule.sqrt_1m_ab, t, x0) * x0
 
 
-def model_output_to_eps(schedule: Schedule, out: Tensor, x_t: Tensor, t: Tensor, objective: str) -> Tensor:
-    """ε from a model output: ε itself, or from v as ε = α_t v + σ_t x_t (uses α² + σ² = 1)."""
-    if objective == "eps":
+class Objective:
+    """What the network predicts (as EDM's loss.py: one small class per formulation): the
+    training target for (x0, t, ε), the ε a model output stands for, and the min-SNR-γ weight
+    of the MSE on that target (Hang et al. 2023)."""
+
+    name: str
+
+    def target(self, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def eps(self, schedule: Schedule, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def min_snr_weight(self, snr: Tensor, gamma: float) -> Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EpsPrediction(Objective):
+    """The network predicts ε (DDPM's L_simple, eq. 14); weight min(SNR_t, γ) / SNR_t."""
+
+    name = "eps"
+
+    def target(self, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        return eps
+
+    def eps(self, schedule: Schedule, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return out
-    if objective == "v":
+
+    def min_snr_weight(self, snr: Tensor, gamma: float) -> Tensor:
+        return snr.clamp(max=gamma) / snr
+
+
+class VPrediction(Objective):
+    """The network predicts v = α_t ε - σ_t x0 (Salimans & Ho 2022); ε = α_t v + σ_t x_t
+    (uses α² + σ² = 1); weight min(SNR_t, γ) / (SNR_t + 1)."""
+
+    name = "v"
+
+    def target(self, schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        return velocity(schedule, x0, t, eps)
+
+    def eps(self, schedule: Schedule, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         return _at(schedule.sqrt_ab, t, x_t) * out + _at(schedule.sqrt_1m_ab, t, x_t) * x_t
-    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+    def min_snr_weight(self, snr: Tensor, gamma: float) -> Tensor:
+        return snr.clamp(max=gamma) / (snr + 1)
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (EpsPrediction(), VPrediction())}
+"""Objectives by name: the single source of ``diffusion.objective``'s choices."""
+
+
+def get_objective(objective: str | Objective) -> Objective:
+    """An Objective from its name (or itself); ValueError for an unknown name."""
+    if isinstance(objective, Objective):
+        return objective
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
 
 
 def training_loss(
@@ -127,7 +189,7 @@ def training_loss(
     x0: Tensor,
     y: Tensor,
     *,
-    objective: str = "eps",
+    objective: str | Objective = "eps",
     min_snr_gamma: float = 0.0,
     label_dropout: float = 0.0,
     null_label: int = 10,
@@ -141,8 +203,7 @@ def training_loss(
     is weighted by min(SNR_t, γ) / SNR_t (eps) or min(SNR_t, γ) / (SNR_t + 1) (v), the min-SNR-γ
     weighting of Hang et al. 2023. Random draws come from `generator` (on x0's device) if given.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+    objective = get_objective(objective)
     b, device = x0.shape[0], x0.device
     t = torch.randint(0, schedule.T, (b,), device=device, generator=generator)
     noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
@@ -151,16 +212,17 @@ def training_loss(
         y = y.masked_fill(drop, null_label)
 
     x_t = q_sample(schedule, x0, t, noise)
-    target = noise if objective == "eps" else velocity(schedule, x0, t, noise)
+    target = objective.target(schedule, x0, t, noise)
     per_sample = (model(x_t, t, y).float() - target).pow(2).mean(dim=tuple(range(1, x0.ndim)))  # (B,)
     if min_snr_gamma > 0:
         snr = schedule.snr[t]
-        per_sample = per_sample * snr.clamp(max=min_snr_gamma) / (snr if objective == "eps" else snr + 1)
+        per_sample = per_sample * objective.min_snr_weight(snr, min_snr_gamma)
     return per_sample.mean()
 
 
 class GuidedEps:
-    """ε(x_t, t) of a label-conditional model under classifier-free guidance (Ho & Salimans 2022):
+    """The eps_fn(x, t) that samplers call: ε(x_t, t) of a label-conditional model for labels
+    y (B,) under classifier-free guidance (Ho & Salimans 2022) with scale w:
 
         ε = ε_u + w (ε_c - ε_u),   ε_c = ε(x_t, t, y),  ε_u = ε(x_t, t, null_label)
 
@@ -174,12 +236,11 @@ class GuidedEps:
         schedule: Schedule,
         y: Tensor,
         guidance: float,
-        objective: str = "eps",
+        objective: str | Objective = "eps",
         null_label: int = 10,
     ) -> None:
-        if objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
-        self.model, self.schedule, self.guidance, self.objective = model, schedule, guidance, objective
+        self.model, self.schedule, self.guidance = model, schedule, guidance
+        self.objective = get_objective(objective)
         self.nfe = 0
         y_null = torch.full_like(y, null_label)
         if guidance == 0:
@@ -199,16 +260,5 @@ class GuidedEps:
             # Guiding the raw output is the same as guiding ε: the ε(out) map is affine in out
             # and the guidance weights (1 - w, w) sum to one.
             out = out_u + self.guidance * (out_c - out_u)
-        return model_output_to_eps(self.schedule, out, x, t, self.objective)
+        return self.objective.eps(self.schedule, out, x, t)
 
-
-def guided_eps(
-    model: Model,
-    schedule: Schedule,
-    y: Tensor,
-    guidance: float,
-    objective: str = "eps",
-    null_label: int = 10,
-) -> GuidedEps:
-    """The eps_fn(x, t) that samplers call, for labels y (B,) and guidance scale w (see GuidedEps)."""
-    return GuidedEps(model, schedule, y, guidance, objective, null_label)

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .config import Config
 from .data import get_spec, to_uint8
-from .diffusion import guided_eps, make_schedule
+from .diffusion import GuidedEps, make_schedule
 from .errors import MnistdiffError
 from .samplers import SAMPLERS, timesteps
 from .unet import IMAGE_SIZE, count_parameters
@@ -175,7 +175,7 @@ class Pipeline:
     def _denoise(self, x: Tensor, y: Tensor, s: Settings, generator: torch.Generator,
                  callback: Callable[[dict], None] | None = None) -> tuple[Tensor, int]:
         """Run the reverse process from noise x (B, C, 28, 28) for labels y (B,): (x0, NFE)."""
-        eps_fn = guided_eps(self._forward, self.schedule, y, s.guidance,
+        eps_fn = GuidedEps(self._forward, self.schedule, y, s.guidance,
                             self.config.diffusion.objective, null_label=self.num_classes)
         extra = {"eta": s.eta} if s.sampler == "ddim" else {}
         x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps, generator=generator,
@@ -341,7 +341,7 @@ class Pipeline:
         for b, i in enumerate(range(0, len(labels), batch_size)):
             y = labels[i:i + batch_size].to(self.device)
             generator = self._generator(s.seed, b)
-            eps_fn = guided_eps(self._forward, self.schedule, y, s.guidance,
+            eps_fn = GuidedEps(self._forward, self.schedule, y, s.guidance,
                                 self.config.diffusion.objective, null_label=self.num_classes)
             x = self._noise(len(y), generator)
             x = torch.where(keep, noised(ts[0], x, generator), x)
@@ -425,8 +425,8 @@ class Pipeline:
         mix = torch.tensor(alphas, device=self.device).view(-1, 1, 1, 1)
         objective, null = self.config.diffusion.objective, self.num_classes
         ya = torch.full((frames,), a, dtype=torch.long, device=self.device)
-        eps_a = guided_eps(self._forward, self.schedule, ya, s.guidance, objective, null)
-        eps_b = guided_eps(self._forward, self.schedule, torch.full_like(ya, b), s.guidance,
+        eps_a = GuidedEps(self._forward, self.schedule, ya, s.guidance, objective, null)
+        eps_b = GuidedEps(self._forward, self.schedule, torch.full_like(ya, b), s.guidance,
                            objective, null) if b != a else eps_a
 
         def eps_fn(x: Tensor, t: Tensor) -> Tensor:

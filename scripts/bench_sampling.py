@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mnistdiff.diffusion import guided_eps, make_schedule
+from mnistdiff.diffusion import GuidedEps, make_schedule
 from mnistdiff.samplers import SAMPLERS
 from mnistdiff.unet import ConditionalUNet
 
@@ -64,7 +64,7 @@ def sample_all(model, schedule, name: str, steps: int, args: argparse.Namespace,
         b = min(args.batch_size, args.n - first)
         y = torch.arange(first, first + b, device=args.device) % 10
         x = torch.randn(b, 1, 28, 28, generator=generator, device=args.device)
-        eps_fn = guided_eps(model, schedule, y, args.guidance)
+        eps_fn = GuidedEps(model, schedule, y, args.guidance)
         with autocast:
             SAMPLERS[name](eps_fn, x, schedule, steps, generator=generator)
         forwards += eps_fn.nfe

@@ -8,10 +8,14 @@ import pytest
 import torch
 
 from mnistdiff.diffusion import (
+    OBJECTIVES,
+    SCHEDULES,
+    EpsPrediction,
+    GuidedEps,
+    VPrediction,
     eps_from_x0,
-    guided_eps,
+    get_objective,
     make_schedule,
-    model_output_to_eps,
     predict_x0,
     q_sample,
     training_loss,
@@ -124,11 +128,19 @@ def test_eps_x0_v_conversions_invert():
     torch.testing.assert_close(eps_from_x0(s, x_t, t, x0), eps, atol=1e-4, rtol=0)
     v = velocity(s, x0, t, eps)
     torch.testing.assert_close(v, a * eps - sigma * x0)
-    torch.testing.assert_close(model_output_to_eps(s, v, x_t, t, "v"), eps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(VPrediction().target(s, x0, t, eps), v)
+    torch.testing.assert_close(OBJECTIVES["v"].eps(s, v, x_t, t), eps, atol=1e-5, rtol=0)
     torch.testing.assert_close(a * x_t - sigma * v, x0, atol=1e-5, rtol=0)  # x0 from v
-    assert model_output_to_eps(s, eps, x_t, t, "eps") is eps
-    with pytest.raises(ValueError, match="objective"):
-        model_output_to_eps(s, eps, x_t, t, "x0")
+    assert OBJECTIVES["eps"].eps(s, eps, x_t, t) is eps
+    assert EpsPrediction().target(s, x0, t, eps) is eps
+    with pytest.raises(ValueError, match="unknown objective 'x0'; expected one of eps, v"):
+        get_objective("x0")
+
+
+def test_registries_name_their_entries():
+    assert list(OBJECTIVES) == ["eps", "v"] and list(SCHEDULES) == ["linear", "cosine"]
+    assert all(get_objective(name).name == name for name in OBJECTIVES)
+    assert get_objective(OBJECTIVES["v"]) is OBJECTIVES["v"]
 
 
 # ---------------------------------------------------------------- training loss
@@ -208,7 +220,7 @@ def cfg_inputs():
 def test_guidance_zero_and_one_are_single_passes(cfg_inputs, w, label):
     s, x, t, y = cfg_inputs
     model = LabelModel()
-    eps_fn = guided_eps(model, s, y, w, null_label=NULL)
+    eps_fn = GuidedEps(model, s, y, w, null_label=NULL)
     labels = torch.full_like(y, NULL) if label == "null" else y
     torch.testing.assert_close(eps_fn(x, t), model(x, t, labels))
     assert model.batch_sizes == [4, 4] and eps_fn.nfe == 1
@@ -218,10 +230,10 @@ def test_guidance_zero_and_one_are_single_passes(cfg_inputs, w, label):
 def test_batched_guidance_equals_two_separate_passes(cfg_inputs, objective):
     s, x, t, y = cfg_inputs
     model, w = LabelModel(), 3.0
-    eps_fn = guided_eps(model, s, y, w, objective=objective, null_label=NULL)
+    eps_fn = GuidedEps(model, s, y, w, objective=objective, null_label=NULL)
     guided = eps_fn(x, t)
-    eps_c = model_output_to_eps(s, model(x, t, y), x, t, objective)
-    eps_u = model_output_to_eps(s, model(x, t, torch.full_like(y, NULL)), x, t, objective)
+    eps_c = OBJECTIVES[objective].eps(s, model(x, t, y), x, t)
+    eps_u = OBJECTIVES[objective].eps(s, model(x, t, torch.full_like(y, NULL)), x, t)
     torch.testing.assert_close(guided, eps_u + w * (eps_c - eps_u))
     assert model.batch_sizes[0] == 8  # one forward on the doubled batch
     eps_fn(x, t)
@@ -230,5 +242,5 @@ def test_batched_guidance_equals_two_separate_passes(cfg_inputs, objective):
 
 def test_guided_eps_broadcasts_a_scalar_timestep(cfg_inputs):
     s, x, _, y = cfg_inputs
-    eps_fn = guided_eps(LabelModel(), s, y, 2.0)
+    eps_fn = GuidedEps(LabelModel(), s, y, 2.0)
     torch.testing.assert_close(eps_fn(x, 42), eps_fn(x, torch.full((4,), 42)))
