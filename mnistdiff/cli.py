@@ -40,8 +40,8 @@ SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
                       help="Override a config value, e.g. --set train.lr=2e-4 (repeatable).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder of IDX files (sets data.root).",
                           show_default=False)
-DatasetOpt = typer.Option(None, "--dataset", help="mnist or fashion-mnist (sets data.dataset).",
-                          show_default=False)
+DatasetOpt = typer.Option(None, "--dataset", help="A dataset of data.DATASETS (sets "
+                          "data.dataset; a wrong name lists them).", show_default=False)
 JsonOpt = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table.")
 
 
@@ -208,8 +208,9 @@ DigitOpt = typer.Option(None, "--digit", help="One digit (class label).", show_d
 DigitsOpt = typer.Option(None, "--digits", metavar="0,3,7", help="Comma-separated digits.",
                          show_default=False)
 AllOpt = typer.Option(False, "--all", metavar="", help="Every class (the default).")
-SamplerOpt = typer.Option(None, "--sampler", help="ddpm, ddim or dpmpp (default: the checkpoint's "
-                                                  "sample.sampler).", show_default=False)
+SamplerOpt = typer.Option(None, "--sampler", help="A sampler of samplers.SAMPLERS; a wrong name "
+                          "lists them (default: the checkpoint's sample.sampler).",
+                          show_default=False)
 StepsOpt = typer.Option(None, "--steps", help="Sampling steps, 1 to T (default: the checkpoint's "
                                               "sample.steps).", show_default=False)
 GuidanceOpt = typer.Option(None, "--guidance", help="Classifier-free guidance scale w: 0 "

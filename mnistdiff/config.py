@@ -3,7 +3,11 @@
     cfg = load_config("configs/tiny.yaml", ["train.lr=2e-4", "model.channels=[32,64]"])
 
 Every value is checked against its field's type, choices and range; an unknown key or a bad
-value raises :class:`ConfigError` with one line naming the key and what is allowed. The resolved
+value raises :class:`ConfigError` with one line naming the key and what is allowed. The choices
+of dataset, schedule, objective and sampler are the keys of their registries (``data.DATASETS``,
+``diffusion.SCHEDULES``, ``diffusion.OBJECTIVES``, ``samplers.SAMPLERS``), looked up when such a
+value is checked: adding an entry to a registry makes it a valid choice, and this module stays
+free of torch. The resolved
 config (``config_to_dict``) is what checkpoints store, and ``config_from_dict`` reads it back.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import types
 import typing
@@ -24,10 +29,12 @@ from .errors import ConfigError
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False, hi_open: bool = False) -> Any:
+       lo_open: bool = False, hi_open: bool = False, registry: str | None = None) -> Any:
     """A dataclass field with a help text and an optional numeric range [lo, hi] (either end
-    may be open). Every number must also be finite: YAML's .nan and .inf are refused."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open}
+    may be open). Every number must also be finite: YAML's .nan and .inf are refused.
+    ``registry`` ("module:NAME") names the dict whose keys are the field's choices."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "registry": registry}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -35,7 +42,7 @@ def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = N
 
 @dataclass
 class DataConfig:
-    dataset: Literal["mnist", "fashion-mnist"] = _f("mnist", "which dataset to train on")
+    dataset: str = _f("mnist", "which dataset to train on", registry="data:DATASETS")
     root: Optional[str] = _f(None, "directory of IDX files (.gz or raw); else $MNISTDIFF_DATA, "
                                    "then a download into ~/.cache/mnistdiff")
     download: bool = _f(True, "download through torchvision when the files are not found")
@@ -57,10 +64,10 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     timesteps: int = _f(500, "number of diffusion steps T", lo=2, hi=10000)
-    schedule: Literal["linear", "cosine"] = _f("linear", "noise schedule")
+    schedule: str = _f("linear", "noise schedule", registry="diffusion:SCHEDULES")
     beta_start: float = _f(1e-4, "first beta of the linear schedule", lo=0.0, hi=1.0, lo_open=True)
     beta_end: float = _f(0.02, "last beta of the linear schedule", lo=0.0, hi=1.0, lo_open=True)
-    objective: Literal["eps", "v"] = _f("eps", "what the network predicts")
+    objective: str = _f("eps", "what the network predicts", registry="diffusion:OBJECTIVES")
     min_snr_gamma: float = _f(0.0, "min-SNR-gamma loss weighting (0 = off)", lo=0.0, hi=1000.0)
     label_dropout: float = _f(0.0, "probability of training on the null label (for guidance)",
                               lo=0.0, hi=1.0)
@@ -97,7 +104,7 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: Literal["ddpm", "ddim", "dpmpp"] = _f("dpmpp", "default sampler")
+    sampler: str = _f("dpmpp", "default sampler", registry="samplers:SAMPLERS")
     steps: int = _f(20, "default sampling steps (<= diffusion.timesteps)", lo=1)
     guidance: float = _f(1.0, "classifier-free guidance scale w (0 = unconditional, "
                               "1 = conditional)", lo=0.0, hi=100.0)
@@ -192,8 +199,21 @@ def _coerce(tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")
 
 
+def choices(key: str) -> list[str]:
+    """The valid values of a choice field ("sample.sampler"): its registry's keys, in order."""
+    section, name = key.split(".")
+    field_ = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    module, attr = field_.metadata["registry"].split(":")
+    return list(getattr(importlib.import_module(f"{__package__}.{module}"), attr))
+
+
 def _check_value(section: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
     key = f"{section}.{f.name}"
+    if f.metadata.get("registry"):  # a name from a registry: the same message as a Literal's
+        valid = choices(key)
+        if value not in valid:
+            raise ConfigError(f"{key}: got {value!r}, expected {_describe(Literal[tuple(valid)])}")
+        return value
     out = _coerce(tp, value)
     if out is _MISSING:
         raise ConfigError(f"{key}: got {value!r}, expected {_describe(tp)}")

@@ -116,3 +116,35 @@ def test_every_float_key_refuses_nan_and_inf():
         for bad in (".nan", ".inf", "-.inf"):
             with pytest.raises(ConfigError, match="must be a finite number"):
                 load_config(None, [f"{key}={bad}"])
+
+
+def test_choices_come_from_the_registries(monkeypatch):
+    """issue 12: data.DATASETS, diffusion.SCHEDULES / OBJECTIVES and samplers.SAMPLERS are the
+    single source of the choices; the defaults are among them."""
+    from mnistdiff import data, diffusion, samplers
+    from mnistdiff.config import choices
+
+    registries = {"data.dataset": data.DATASETS, "diffusion.schedule": diffusion.SCHEDULES,
+                  "diffusion.objective": diffusion.OBJECTIVES, "sample.sampler": samplers.SAMPLERS}
+    cfg = load_config(None)
+    for key, registry in registries.items():
+        assert choices(key) == list(registry)
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) in registry
+    with pytest.raises(ConfigError, match="diffusion.objective: got 'x0', expected one of 'eps', 'v'$"):
+        load_config(None, ["diffusion.objective=x0"])
+    with pytest.raises(ConfigError, match="data.dataset: got 'kmnist', expected one of 'mnist', "
+                                          "'fashion-mnist'$"):
+        load_config(None, ["data.dataset=kmnist"])
+    monkeypatch.setitem(samplers.SAMPLERS, "euler", samplers.ddim)  # a new entry is a new choice
+    assert load_config(None, ["sample.sampler=euler"]).sample.sampler == "euler"
+
+
+def test_the_config_module_stays_free_of_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, mnistdiff.config as c; c.load_config(None, ['train.lr=2e-4']); "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
