@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .seeding import mix_seed
 
 ENV_VAR = "MNISTDIFF_DATA"
 DEFAULT_ROOT = Path("~/.cache/mnistdiff").expanduser()
@@ -281,7 +282,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 class BatchLoader:
     """Shuffled minibatches from a dataset held as one uint8 tensor on the device.
 
-    The order of epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``,
+    The order of epoch ``e`` is a permutation drawn from a generator seeded with ``mix_seed(seed, e)``,
     so the position in training (epoch, batch) is the shuffler's whole state: resuming needs no
     saved RNG. ``batch_size`` is the *global* batch; with ``world_size`` ranks, rank ``r`` gets
     the slice ``r::world_size`` of every global batch, so the ranks together see exactly the batch
@@ -306,7 +307,7 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
         return torch.randperm(len(self.images), generator=g).to(self.images.device)
 
     def indices(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:

@@ -47,6 +47,7 @@ from .config import Config, TrainConfig, config_to_dict, dump_yaml
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
 from .files import write_atomic
+from .seeding import mix_seed
 from .pipeline import Pipeline, resolve_device
 from .unet import ConditionalUNet, build_model, count_parameters
 from .visualize import image_grid, plot_loss, save_image
@@ -125,7 +126,7 @@ def seed_step(rt: Runtime, seed: int, step: int) -> None:
     step ``step`` on this rank (distinct, reproducible streams per step and rank)."""
     generator = (torch.cuda.default_generators[rt.device.index or 0] if rt.device.type == "cuda"
                  else torch.default_generator)
-    generator.manual_seed(((seed * 1_000_003 + step) * 65_537 + rt.rank) % 2**63)
+    generator.manual_seed(mix_seed(mix_seed(seed, step), rt.rank, base=65_537))
 
 
 # --------------------------------------------------------------------------------- parts
