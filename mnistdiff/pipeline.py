@@ -7,11 +7,17 @@
 
 Sampler, steps, guidance, eta and seed default to the checkpoint's ``sample`` config section.
 
-Determinism: samples are generated in batches of ``batch_size`` images, in the order of the
-labels; batch b draws all its noise (the starting x_T and, for ddpm or ddim with eta > 0, the
-noise of every step) from its own generator seeded with ``seed * 1_000_003 + b`` on the sampling
-device. So the same (seed, batch_size, device) always gives the same images, whatever else runs,
-and a trajectory equals the first batch of ``sample(digits, n=1)`` with the same settings.
+Settings: ``pipe.settings(...)`` fills in the defaults and validates once; every sampling method
+takes that ``Settings`` as ``settings=`` (what the CLI and the page do) or the separate values.
+
+Determinism (per-image noise, as NVlabs/edm's generate.py): image i of a call (counting in the
+order of the returned labels) draws all its noise (its starting x_T and, for ddpm or ddim with
+eta > 0, the noise of every step) from its own generator, seeded with
+``seeding.mix_seed(seed, i)`` = ``seed * 1_000_003 + i`` on the sampling device. So the same
+(seed, digits, n, device) gives the same images whatever the batch size and whatever else runs;
+a trajectory's digits equal ``sample(digits, n=1)``, and image 0 of a seed is the start of a
+morph's end. (Bit-identity across batch sizes also assumes the network's kernels give the same
+result for an image whatever batch it is in, true on the CPU in our tests.)
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from torch import Tensor, nn
 
 from .config import Config
 from .data import get_spec, to_uint8
-from .diffusion import GuidedEps, make_schedule
+from .diffusion import GuidedEps, get_objective, make_schedule
 from .errors import MnistdiffError
-from .samplers import SAMPLERS, timesteps
+from .samplers import SAMPLERS, Grid, denoise, step_grid
+from .seeding import ImageGenerators
 from .unet import IMAGE_SIZE, count_parameters
 
 DEFAULT_FRAMES = 30  # animation frames when not asked for (fewer when there are fewer steps)
@@ -111,6 +118,7 @@ class Pipeline:
         d = config.diffusion
         self.schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                       device=self.device)
+        self.objective = get_objective(d.objective)
         names = get_spec(config.data.dataset).classes
         self.num_classes = config.model.num_classes  # also the null label
         self.classes = names[:self.num_classes]  # the labels it was trained on
@@ -135,10 +143,12 @@ class Pipeline:
         guidance = d.guidance if guidance is None else guidance
         if not (isinstance(guidance, numbers.Real) and math.isfinite(guidance) and guidance >= 0):
             raise MnistdiffError(f"guidance: got {guidance!r}, must be a number >= 0")
-        if eta is not None and eta != d.eta and sampler != "ddim":  # ignoring it would mislead
-            how = "is always stochastic" if sampler == "ddpm" else "is deterministic"
-            raise MnistdiffError(f"eta: only the ddim sampler uses it ({sampler} {how}); drop "
-                                 f"--eta or use --sampler ddim")
+        if eta is not None and eta != d.eta and "eta" not in SAMPLERS[sampler].options:
+            # ignoring it would mislead
+            how = "is always stochastic" if SAMPLERS[sampler].stochastic else "is deterministic"
+            users = [k for k, f in SAMPLERS.items() if "eta" in f.options]
+            raise MnistdiffError(f"eta: only the {' or '.join(users)} sampler uses it ({sampler} "
+                                 f"{how}); drop --eta or use --sampler {users[0]}")
         eta = d.eta if eta is None else eta
         if not (isinstance(eta, numbers.Real) and 0 <= eta <= 1):
             raise MnistdiffError(f"eta: got {eta!r}, must be between 0 and 1")
@@ -159,42 +169,68 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------- sampling
 
+    def _resolve(self, settings: Settings | None, sampler: str | None, steps: int | None,
+                 guidance: float | None, eta: float | None, seed: int | None) -> Settings:
+        """``settings`` as given (already validated by :meth:`settings`), else validate the
+        separate arguments; both at once is a programming error."""
+        if settings is None:
+            return self.settings(sampler, steps, guidance, eta, seed)
+        if any(v is not None for v in (sampler, steps, guidance, eta, seed)):
+            raise TypeError("give either settings= or sampler/steps/guidance/eta/seed, not both")
+        if not isinstance(settings, Settings):
+            raise TypeError(f"settings: expected a Settings (from Pipeline.settings), got "
+                            f"{type(settings).__name__}")
+        return settings
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return _integer("batch_size", self.config.sample.batch_size if batch_size is None
+                        else batch_size, 1)
+
     def _forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """The network, in bf16 autocast on CUDA; float32 out."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=self.device.type == "cuda"):
             return self.model(x, t, y).float()
 
-    def _generator(self, seed: int, batch: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + batch)
+    def _generators(self, seed: int, first: int, count: int) -> ImageGenerators:
+        """The generators of images first .. first + count - 1 of a call (module docstring)."""
+        return ImageGenerators.for_images(seed, first, count, self.device)
 
-    def _noise(self, b: int, generator: torch.Generator) -> Tensor:
-        shape = (b, self.config.model.in_channels, IMAGE_SIZE, IMAGE_SIZE)
-        return torch.randn(shape, generator=generator, device=self.device)
+    def _noise(self, generators: ImageGenerators) -> Tensor:
+        """The starting noise x_T of one batch: (B, C, 28, 28), row b from generator b."""
+        return generators.randn((len(generators), self.config.model.in_channels, IMAGE_SIZE,
+                                 IMAGE_SIZE))
 
-    def _denoise(self, x: Tensor, y: Tensor, s: Settings, generator: torch.Generator,
-                 callback: Callable[[dict], None] | None = None) -> tuple[Tensor, int]:
-        """Run the reverse process from noise x (B, C, 28, 28) for labels y (B,): (x0, NFE)."""
-        eps_fn = GuidedEps(self._forward, self.schedule, y, s.guidance,
-                            self.config.diffusion.objective, null_label=self.num_classes)
-        extra = {"eta": s.eta} if s.sampler == "ddim" else {}
-        x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps, generator=generator,
-                                 callback=callback, clip_x0=self.config.sample.clip_x0, **extra)
-        return x0, eps_fn.nfe
+    def _eps_fn(self, y: Tensor, s: Settings) -> GuidedEps:
+        return GuidedEps(self._forward, self.schedule, y, s.guidance, self.objective,
+                         null_label=self.num_classes)
 
-    def sample(self, digits: int | Sequence[int] | Tensor, n: int = 1, *, sampler: str | None = None,
+    def _denoise(self, x: Tensor, y: Tensor, s: Settings, generators: ImageGenerators,
+                 grid: Grid, callback: Callable[[dict], None] | None = None,
+                 eps_fn: Callable | None = None) -> tuple[Tensor, int]:
+        """Run the reverse process from noise x (B, C, 28, 28) for labels y (B,) on the step
+        grid: (x0, NFE). The sampler's own options (ddim's eta) come from the settings."""
+        eps_fn = self._eps_fn(y, s) if eps_fn is None else eps_fn
+        fn = SAMPLERS[s.sampler]
+        x0 = fn(eps_fn, x, grid, generator=generators, callback=callback,
+                clip_x0=self.config.sample.clip_x0, **{k: getattr(s, k) for k in fn.options})
+        return x0, getattr(eps_fn, "nfe", 0)
+
+    def sample(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
+               settings: Settings | None = None, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, eta: float | None = None,
                seed: int | None = None, batch_size: int | None = None,
                progress: Callable[[int], None] | None = None) -> Samples:
         """``n`` images of each digit, grouped by digit in the order given.
 
+        ``settings`` (from :meth:`settings`) or the separate sampler/steps/guidance/eta/seed.
         Everything is validated before any work. ``progress(k)`` is called after each batch with
         the number of images it finished. All images are kept: for jobs too large for memory,
         iterate over :meth:`batches` instead.
         """
         start, images, labels, nfe = time.perf_counter(), [], [], 0
-        for batch in self.batches(digits, n, sampler=sampler, steps=steps, guidance=guidance,
-                                  eta=eta, seed=seed, batch_size=batch_size):
+        for batch in self.batches(digits, n, settings=settings, sampler=sampler, steps=steps,
+                                  guidance=guidance, eta=eta, seed=seed, batch_size=batch_size):
             images.append(batch.images)
             labels.append(batch.labels)
             nfe = batch.nfe
@@ -203,52 +239,55 @@ class Pipeline:
         return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start)
 
     def batches(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
-                sampler: str | None = None, steps: int | None = None,
-                guidance: float | None = None, eta: float | None = None, seed: int | None = None,
+                settings: Settings | None = None, sampler: str | None = None,
+                steps: int | None = None, guidance: float | None = None,
+                eta: float | None = None, seed: int | None = None,
                 batch_size: int | None = None) -> Iterator[Samples]:
         """The images of :meth:`sample` one batch at a time (each a ``Samples`` with that batch's
         images, labels, NFE and seconds), so memory stays bounded by ``batch_size`` whatever
         ``n`` is; the concatenated batches equal ``sample``'s result. Validates before any work
         (when the iterator is created, not at the first ``next``)."""
-        s = self.settings(sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
-        batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
-                              else batch_size, 1)
-        return self._batches(digits, n, s, batch_size)
+        return self._batches(digits, n, s, self._batch_size(batch_size))
 
     @torch.inference_mode()
-    def _batches(self, digits: list[int], n: int, s: Settings,
-                 batch_size: int) -> Iterator[Samples]:
-        total = len(digits) * n
-        for b, i in enumerate(range(0, total, batch_size)):
+    def _batches(self, digits: list[int], n: int, s: Settings, batch_size: int,
+                 callback: Callable[[dict], None] | None = None) -> Iterator[Samples]:
+        labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
+        batches = -(-len(labels) // batch_size)
+        grid = step_grid(self.schedule, s.steps)  # one grid for every batch
+        for b, i in enumerate(range(0, len(labels), batch_size)):
             start = time.perf_counter()
-            # labels of images i .. i + batch_size - 1 (digit j fills j * n ... (j + 1) * n - 1)
-            index = torch.arange(i, min(i + batch_size, total))
-            labels = torch.tensor(digits, dtype=torch.long)[index // n]
-            y = labels.to(self.device)
-            generator = self._generator(s.seed, b)
-            x0, nfe = self._denoise(self._noise(len(y), generator), y, s, generator)
-            yield Samples(to_uint8(x0).squeeze(1).cpu(), labels, nfe, time.perf_counter() - start)
+            y = labels[i:i + batch_size].to(self.device)
+            generators = self._generators(s.seed, i, len(y))
+            report = None if callback is None else _reporter(
+                callback, batch=b, batches=batches, steps=s.steps, labels=y)
+            x0, nfe = self._denoise(self._noise(generators), y, s, generators, grid, report)
+            yield Samples(to_uint8(x0).squeeze(1).cpu(), labels[i:i + batch_size], nfe,
+                          time.perf_counter() - start)
 
     @torch.inference_mode()
-    def trajectory(self, digits: int | Sequence[int] | Tensor, *, sampler: str | None = None,
+    def trajectory(self, digits: int | Sequence[int] | Tensor, *,
+                   settings: Settings | None = None, sampler: str | None = None,
                    steps: int | None = None, guidance: float | None = None,
                    eta: float | None = None, seed: int | None = None,
                    frames: int | None = None) -> Trajectory:
         """Snapshots of x along the reverse process for one image of each digit, from the pure
-        noise to the final image (see ``frame_indices`` for which of the steps + 1 states)."""
-        s = self.settings(sampler, steps, guidance, eta, seed)
+        noise to the final image (see ``frame_indices`` for which of the steps + 1 states).
+        Image j is image j of ``sample(digits, 1)`` with the same settings."""
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
         digits = self.check_digits(digits)
         states = s.steps + 1  # the noise, then x after each step
         frames = min(states, DEFAULT_FRAMES) if frames is None else frames
         _integer("frames", frames, 2, states,
                  f" (the noise and the {s.steps} steps; ask for more steps for more frames)")
         keep = frame_indices(states, frames)
-        ts = timesteps(self.schedule.T, s.steps).tolist()
+        grid = step_grid(self.schedule, s.steps)
 
-        generator = self._generator(s.seed, 0)
-        x = self._noise(len(digits), generator)
+        generators = self._generators(s.seed, 0, len(digits))
+        x = self._noise(generators)
         shots = {0: to_uint8(x).squeeze(1).cpu()}
 
         wanted = set(keep)
@@ -258,48 +297,41 @@ class Pipeline:
                 shots[info["i"] + 1] = to_uint8(info["x"]).squeeze(1).cpu()
 
         y = torch.tensor(digits, dtype=torch.long, device=self.device)
-        self._denoise(x, y, s, generator, callback=record)
-        captions = [f"step {k}/{s.steps}  " + (f"t={ts[k]}" if k < s.steps else "clean")
+        self._denoise(x, y, s, generators, grid, callback=record)
+        captions = [f"step {k}/{s.steps}  " + (f"t={grid.ts[k]}" if k < s.steps else "clean")
                     for k in keep]
         return Trajectory(torch.stack([shots[k] for k in keep]), captions)
 
     # ----------------------------------------------------------------------------- live, inpaint, morph
 
-    @torch.inference_mode()
     def sample_live(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
-                    sampler: str | None = None, steps: int | None = None,
-                    guidance: float | None = None, eta: float | None = None,
-                    seed: int | None = None, batch_size: int | None = None,
+                    settings: Settings | None = None, sampler: str | None = None,
+                    steps: int | None = None, guidance: float | None = None,
+                    eta: float | None = None, seed: int | None = None,
+                    batch_size: int | None = None,
                     callback: Callable[[dict], None] | None = None) -> Samples:
         """``sample`` that reports every step of every batch (what ``mnistdiff ui`` streams).
 
         ``callback(info)`` gets the sampler's ``{"i", "t", "x", "x0"}`` plus ``"batch"``,
         ``"batches"``, ``"steps"`` and the batch's ``"labels"``; it must not change ``x``.
-        The images equal ``sample``'s with the same arguments (same batches, same generators).
+        The images equal ``sample``'s with the same arguments (same images, same generators).
         An exception raised by the callback stops the sampling (a closed page, say)."""
-        s = self.settings(sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
-        batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
-                              else batch_size, 1)
-        labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
-        batches = -(-len(labels) // batch_size)
-
-        start, images, nfe = time.perf_counter(), [], 0
-        for b, i in enumerate(range(0, len(labels), batch_size)):
-            y = labels[i:i + batch_size].to(self.device)
-            generator = self._generator(s.seed, b)
-            report = None if callback is None else _reporter(
-                callback, batch=b, batches=batches, steps=s.steps, labels=y)
-            x0, nfe = self._denoise(self._noise(len(y), generator), y, s, generator, report)
-            images.append(to_uint8(x0).squeeze(1).cpu())
-        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
+        start, images, labels, nfe = time.perf_counter(), [], [], 0
+        for batch in self._batches(digits, n, s, self._batch_size(batch_size), callback):
+            images.append(batch.images)
+            labels.append(batch.labels)
+            nfe = batch.nfe
+        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start)
 
     @torch.inference_mode()
     def inpaint(self, image, mask, digits: int | Sequence[int] | Tensor, n: int = 1, *,
-                sampler: str | None = None, steps: int | None = None,
-                guidance: float | None = None, eta: float | None = None,
-                seed: int | None = None, resample: int = 1, batch_size: int | None = None,
+                settings: Settings | None = None, sampler: str | None = None,
+                steps: int | None = None, guidance: float | None = None,
+                eta: float | None = None, seed: int | None = None, resample: int = 1,
+                batch_size: int | None = None,
                 callback: Callable[[dict], None] | None = None) -> Samples:
         """Complete a partial drawing: ``n`` images of each digit that keep ``image``'s pixels
         wherever ``mask`` is set (what ``sample --init-image/--mask`` and the page call).
@@ -315,78 +347,69 @@ class Pipeline:
         ``resample - 1`` more times, which blends the filled-in part with the known one at the
         cost of ``resample`` times the network evaluations. Batches and seeds as in ``sample``;
         ``callback`` as in ``sample_live``."""
-        s = self.settings(sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
         resample = _integer("resample", resample, 1, 20)
-        batch_size = _integer("batch_size", self.config.sample.batch_size if batch_size is None
-                              else batch_size, 1)
+        batch_size = self._batch_size(batch_size)
         known_u8, keep = _drawing(image, mask)
         channels = self.config.model.in_channels
         known = (known_u8.float() * (2.0 / 255.0) - 1.0).expand(1, channels, -1, -1).to(self.device)
         keep = keep.expand(1, channels, -1, -1).to(self.device)
         labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
         batches = -(-len(labels) // batch_size)
-        ts = timesteps(self.schedule.T, s.steps).tolist()
+        grid = step_grid(self.schedule, s.steps)
+        ts = grid.ts
         ab = self.schedule.alphas_cumprod.double().cpu().tolist()
 
-        def noised(t: int | None, like: Tensor, generator: torch.Generator) -> Tensor:
+        def noised(t: int | None, like: Tensor, generators: ImageGenerators) -> Tensor:
             """The drawing at timestep t (None: clean), one fresh draw per image."""
             if t is None:
                 return known.expand_as(like)
-            eps = self._randn(like, generator)
+            eps = generators.randn_like(like)
             return math.sqrt(ab[t]) * known + math.sqrt(1 - ab[t]) * eps
 
         start, images, nfe = time.perf_counter(), [], 0
         for b, i in enumerate(range(0, len(labels), batch_size)):
             y = labels[i:i + batch_size].to(self.device)
-            generator = self._generator(s.seed, b)
-            eps_fn = GuidedEps(self._forward, self.schedule, y, s.guidance,
-                                self.config.diffusion.objective, null_label=self.num_classes)
-            x = self._noise(len(y), generator)
-            x = torch.where(keep, noised(ts[0], x, generator), x)
+            generators = self._generators(s.seed, i, len(y))
+            eps_fn = self._eps_fn(y, s)
+            x = self._noise(generators)
+            x = torch.where(keep, noised(ts[0], x, generators), x)
             report = None if callback is None else _reporter(
                 callback, batch=b, batches=batches, steps=s.steps, labels=y)
 
-            def replace(info: dict, generator=generator, eps_fn=eps_fn, report=report) -> None:
+            def replace(info: dict, generators=generators, eps_fn=eps_fn, report=report) -> None:
                 # The samplers continue from the very tensor info["x"]: changing it in place
                 # changes the next step's input (see samplers.py).
                 x, k = info["x"], info["i"]
                 t, s_next = ts[k], (ts[k + 1] if k + 1 < len(ts) else None)
-                x.copy_(torch.where(keep, noised(s_next, x, generator), x))
+                x.copy_(torch.where(keep, noised(s_next, x, generators), x))
                 if s_next is not None:
                     for _ in range(resample - 1):
-                        x.copy_(self._repaint_step(eps_fn, x, t, s_next, generator))
-                        x.copy_(torch.where(keep, noised(s_next, x, generator), x))
+                        x.copy_(self._repaint_step(eps_fn, x, t, s_next, generators))
+                        x.copy_(torch.where(keep, noised(s_next, x, generators), x))
                 if report is not None:
                     report(info)
 
-            extra = {"eta": s.eta} if s.sampler == "ddim" else {}
-            x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps, generator=generator,
-                                     callback=replace, clip_x0=self.config.sample.clip_x0,
-                                     **extra)
+            x0, nfe = self._denoise(x, y, s, generators, grid, replace, eps_fn=eps_fn)
             x0 = torch.where(keep, known, x0)  # exact, whatever the sampler did on its last step
-            nfe = eps_fn.nfe
             images.append(to_uint8(x0).squeeze(1).cpu())
         return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
 
     def _repaint_step(self, eps_fn: Callable, x_s: Tensor, t: int, s: int,
-                      generator: torch.Generator) -> Tensor:
+                      generators: ImageGenerators) -> Tensor:
         """Noise x_s back to timestep t > s (a draw from q(x_t | x_s)), then one DDPM
         posterior step t -> s (DDIM with eta 1 on these two timesteps)."""
-        from .samplers import _denoise
-
         ab = self.schedule.alphas_cumprod
         ab_t, ab_s = float(ab[t]), float(ab[s])
         a_t, s_t, a_s, s_s = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_s), math.sqrt(1 - ab_s)
-        x_t = (a_t / a_s) * x_s + math.sqrt(max(1 - ab_t / ab_s, 0.0)) * self._randn(x_s, generator)
-        x0, eps = _denoise(eps_fn, x_t, t, self.schedule, self.config.sample.clip_x0)
+        x_t = (a_t / a_s) * x_s + math.sqrt(max(1 - ab_t / ab_s, 0.0)) * generators.randn_like(x_s)
+        x0, eps = denoise(eps_fn, x_t, t, float(self.schedule.sqrt_ab[t]),
+                          float(self.schedule.sqrt_1m_ab[t]), self.config.sample.clip_x0)
         sigma = (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0))
         x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
-        return x + sigma * self._randn(x, generator)
-
-    def _randn(self, like: Tensor, generator: torch.Generator) -> Tensor:
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return x + sigma * generators.randn_like(x)
 
     @torch.inference_mode()
     def interpolate(self, digits: int | Sequence[int], seeds: int | Sequence[int] | None = None,
@@ -404,11 +427,12 @@ class Pipeline:
         pair_s = [seeds] if seeds is None or isinstance(seeds, numbers.Integral) else list(seeds)
         if not 1 <= len(pair_d) <= 2 or not 1 <= len(pair_s) <= 2:
             raise MnistdiffError("morph: give one or two digits and one or two seeds")
-        if sampler is None and self.config.sample.sampler == "ddpm":
+        if sampler is None and SAMPLERS[self.config.sample.sampler].stochastic:
             sampler = "ddim"
-        if sampler == "ddpm":
-            raise MnistdiffError("morph needs a deterministic sampler: ddim (eta 0) or dpmpp, "
-                                 "not ddpm")
+        if sampler in SAMPLERS and SAMPLERS[sampler].stochastic:
+            deterministic = [k for k, f in SAMPLERS.items() if not f.stochastic]
+            raise MnistdiffError(f"morph needs a deterministic sampler: "
+                                 f"{' or '.join(deterministic)} (eta 0), not {sampler}")
         a, b = self.check_digits(pair_d * (3 - len(pair_d)))
         s = self.settings(sampler, steps, guidance, 0.0, pair_s[0])
         sa, sb = (self.settings(seed=v).seed for v in pair_s * (3 - len(pair_s)))
@@ -419,25 +443,21 @@ class Pipeline:
 
         start = time.perf_counter()
         alphas = [j / (frames - 1) for j in range(frames)]
-        za = self._noise(1, self._generator(sa, 0))
-        zb = self._noise(1, self._generator(sb, 0))
+        za = self._noise(self._generators(sa, 0, 1))  # image 0 of each end's seed
+        zb = self._noise(self._generators(sb, 0, 1))
         x = torch.cat([slerp(za, zb, u) for u in alphas])
         mix = torch.tensor(alphas, device=self.device).view(-1, 1, 1, 1)
-        objective, null = self.config.diffusion.objective, self.num_classes
         ya = torch.full((frames,), a, dtype=torch.long, device=self.device)
-        eps_a = GuidedEps(self._forward, self.schedule, ya, s.guidance, objective, null)
-        eps_b = GuidedEps(self._forward, self.schedule, torch.full_like(ya, b), s.guidance,
-                           objective, null) if b != a else eps_a
+        eps_a = self._eps_fn(ya, s)
+        eps_b = self._eps_fn(torch.full_like(ya, b), s) if b != a else eps_a
 
         def eps_fn(x: Tensor, t: Tensor) -> Tensor:
             if eps_b is eps_a:
                 return eps_a(x, t)
             return (1 - mix) * eps_a(x, t) + mix * eps_b(x, t)
 
-        extra = {"eta": 0.0} if s.sampler == "ddim" else {}
-        x0 = SAMPLERS[s.sampler](eps_fn, x, self.schedule, s.steps,
-                                 generator=self._generator(sa, 0),
-                                 clip_x0=self.config.sample.clip_x0, **extra)
+        x0, _ = self._denoise(x, ya, s, self._generators(sa, 0, frames),
+                              step_grid(self.schedule, s.steps), eps_fn=eps_fn)
         nfe = eps_a.nfe + (eps_b.nfe if eps_b is not eps_a else 0)
         return Morph(to_uint8(x0).squeeze(1).cpu(), alphas, (a, b), (sa, sb), s.sampler, s.steps,
                      s.guidance, nfe, time.perf_counter() - start)

@@ -1,18 +1,28 @@
 """Samplers: turn noise into images, given an ε-prediction function.
 
-Every sampler is a plain function with one signature (as in k-diffusion's sampling.py):
+Every sampler is a plain function with one signature (as in k-diffusion's sampling.py, where a
+sampler takes its σ grid):
 
-    sampler(eps_fn, x, schedule, steps, *, generator=None, callback=None, clip_x0=True, ...) -> x0
+    sampler(eps_fn, x, grid, *, generator=None, callback=None, clip_x0=True, **options) -> x0
 
-- `eps_fn(x_t, t) -> ε` with t an int64 (B,) tensor, e.g. `diffusion.guided_eps(...)`.
-- `x` (B, C, H, W) is the starting noise at t = T-1.
-- The sampler evaluates eps_fn once at each of `timesteps(T, steps)` (T-1 down to 0); the last
-  update goes to the clean image (ᾱ = 1, σ = 0), so the result is the final predicted x0.
+- `eps_fn(x_t, t) -> ε` with t an int64 (B,) tensor, e.g. `diffusion.GuidedEps(...)`.
+- `x` (B, C, H, W) is the starting noise at t = grid.ts[0] (T-1).
+- `grid` is the step grid, built once by the caller with `step_grid(schedule, steps)`: the
+  timesteps (T-1 down to 0) with their (α_t, σ_t) and the clean image's (1, 0) after the last.
+  The sampler evaluates eps_fn once at each timestep; the last update goes to the clean image
+  (ᾱ = 1, σ = 0), so the result is the final predicted x0.
 - `clip_x0` clamps each predicted x0 to [-1, 1] and recomputes ε from the clamped x0, so the
   update stays on x_t = α_t x0 + σ_t ε (mixing a clamped x0 with the raw ε breaks at high guidance).
 - `callback(info)` is called after every step with info = {"i", "t", "x", "x0"}: the step index,
-  its timestep, x after the update and the predicted x0.
-- All noise comes from `generator`, so a seeded generator makes sampling deterministic.
+  its timestep, x after the update and the predicted x0. The next step continues from that very
+  tensor `info["x"]`, so a callback may change it in place (`Pipeline.inpaint` relies on this).
+- All noise comes from `generator`: a torch.Generator, or a `seeding.ImageGenerators` (one
+  generator per image). A seeded generator makes sampling deterministic.
+- Sampler-specific options (ddim's `eta`) are keyword arguments, named in the registration.
+
+`SAMPLERS` maps names to the functions (the single source of the sampler choices); each carries
+`options` (the keyword options it takes, e.g. ("eta",)) and `stochastic` (whether it always
+draws noise). A new sampler is one function here with its `@register(...)`.
 
 α_t = sqrt(ᾱ_t) and σ_t = sqrt(1 - ᾱ_t) as in diffusion.py; s denotes the next (less noisy) timestep.
 """
@@ -20,15 +30,26 @@ Every sampler is a plain function with one signature (as in k-diffusion's sampli
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
-from mnistdiff.diffusion import Schedule, eps_from_x0, predict_x0
+from mnistdiff.diffusion import Schedule
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None]
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {}
+
+
+def register(name: str, *, stochastic: bool, options: tuple[str, ...] = ()) -> Callable:
+    """Add a sampler to SAMPLERS under ``name`` with its keyword ``options``."""
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        fn.sampler_name, fn.stochastic, fn.options = name, stochastic, options
+        SAMPLERS[name] = fn
+        return fn
+    return add
 
 
 def timesteps(T: int, steps: int) -> Tensor:
@@ -38,35 +59,49 @@ def timesteps(T: int, steps: int) -> Tensor:
     return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
 
 
-def _alpha_sigma(schedule: Schedule, ts: Tensor) -> list[tuple[float, float]]:
-    """(α_t, σ_t) for each t in ts, then (1, 0) for the clean image, as Python floats
-    (one device read per run, so the sampling loop itself never waits on the device)."""
-    alphas = schedule.sqrt_ab.cpu()[ts].tolist()
-    sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist()
-    return list(zip(alphas, sigmas)) + [(1.0, 0.0)]
+class Grid(NamedTuple):
+    """The step grid a sampler walks: timesteps ts (descending) and, for each of them then for
+    the clean image, α and σ as Python floats (one device read per run, so the sampling loop
+    itself never waits on the device)."""
+
+    ts: list[int]
+    alphas: list[float]  # len(ts) + 1: α_t for each t, then 1.0
+    sigmas: list[float]  # len(ts) + 1: σ_t for each t, then 0.0
+    T: int  # the schedule's timesteps (steps == T is the full grid)
 
 
-def _denoise(eps_fn: EpsFn, x: Tensor, t: int, schedule: Schedule, clip_x0: bool) -> tuple[Tensor, Tensor]:
-    """One network evaluation: predicted (x0, ε) at timestep t."""
+def step_grid(schedule: Schedule, steps: int) -> Grid:
+    """The grid of ``timesteps(schedule.T, steps)`` on ``schedule``."""
+    ts = timesteps(schedule.T, steps)
+    alphas = schedule.sqrt_ab.cpu()[ts].tolist() + [1.0]
+    sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist() + [0.0]
+    return Grid(ts.tolist(), alphas, sigmas, schedule.T)
+
+
+def denoise(eps_fn: EpsFn, x: Tensor, t: int, a_t: float, s_t: float,
+            clip_x0: bool) -> tuple[Tensor, Tensor]:
+    """One network evaluation at timestep t (with α_t, σ_t): predicted (x0, ε)."""
     t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     eps = eps_fn(x, t_batch)
-    x0 = predict_x0(schedule, x, t_batch, eps)
+    x0 = (x - s_t * eps) / a_t  # DDPM eq. 4 solved for x0
     if clip_x0:
         x0 = x0.clamp(-1, 1)
-        eps = eps_from_x0(schedule, x, t_batch, x0)
+        eps = (x - a_t * x0) / s_t  # ... and for ε
     return x0, eps
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _noise_like(x: Tensor, generator) -> Tensor:
+    if hasattr(generator, "randn_like"):  # seeding.ImageGenerators: one generator per image
+        return generator.randn_like(x)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+@register("ddpm", stochastic=True)
 @torch.no_grad()
 def ddpm(
     eps_fn: EpsFn,
     x: Tensor,
-    schedule: Schedule,
-    steps: int,
+    grid: Grid,
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -79,28 +114,27 @@ def ddpm(
     With fewer steps it is the posterior variance β̃ = β_{t|s} (1 - ᾱ_s) / (1 - ᾱ_t), i.e. DDIM
     with η = 1: σ² = β_{t|s} adds far too much noise on a coarse grid (DDIM paper, Table 1, σ̂).
     """
-    ts = timesteps(schedule.T, steps)
-    coefs = _alpha_sigma(schedule, ts)
-    for i, t in enumerate(ts.tolist()):
-        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
-        x0, _ = _denoise(eps_fn, x, t, schedule, clip_x0)
+    full = len(grid.ts) == grid.T
+    for i, t in enumerate(grid.ts):
+        a_t, s_t, a_s, s_s = grid.alphas[i], grid.sigmas[i], grid.alphas[i + 1], grid.sigmas[i + 1]
+        x0, _ = denoise(eps_fn, x, t, a_t, s_t, clip_x0)
         beta = (s_t**2 - s_s**2) / a_s**2  # β_{t|s} = 1 - ᾱ_t/ᾱ_s, in a form accurate when tiny
         # Posterior mean μ̃(x_t, x0), DDPM eq. 7 (on the last step, ᾱ_s = 1, it is x0).
         x = (a_s * beta / s_t**2) * x0 + (a_t / a_s) * (s_s**2 / s_t**2) * x
         if s_s > 0:
-            var = beta if steps == schedule.T else beta * s_s**2 / s_t**2
+            var = beta if full else beta * s_s**2 / s_t**2
             x = x + math.sqrt(var) * _noise_like(x, generator)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
 
 
+@register("ddim", stochastic=False, options=("eta",))
 @torch.no_grad()
 def ddim(
     eps_fn: EpsFn,
     x: Tensor,
-    schedule: Schedule,
-    steps: int,
+    grid: Grid,
     *,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -109,13 +143,11 @@ def ddim(
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12) with σ_t(η) of eq. 16: η = 0 is deterministic (a first-order
     solver of the probability-flow ODE), η = 1 is the DDPM posterior."""
-    ts = timesteps(schedule.T, steps)
-    coefs = _alpha_sigma(schedule, ts)
-    for i, t in enumerate(ts.tolist()):
-        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
-        x0, eps = _denoise(eps_fn, x, t, schedule, clip_x0)
+    for i, t in enumerate(grid.ts):
+        a_t, s_t, a_s, s_s = grid.alphas[i], grid.sigmas[i], grid.alphas[i + 1], grid.sigmas[i + 1]
+        x0, eps = denoise(eps_fn, x, t, a_t, s_t, clip_x0)
         # eq. 16: σ = η sqrt((1 - ᾱ_s) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_s)
-        sigma = eta * (s_s / s_t) * math.sqrt(1 - (a_t / a_s) ** 2)
+        sigma = eta * (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0))
         x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
         if sigma > 0:
             x = x + sigma * _noise_like(x, generator)
@@ -124,12 +156,12 @@ def ddim(
     return x
 
 
+@register("dpmpp", stochastic=False)
 @torch.no_grad()
 def dpmpp(
     eps_fn: EpsFn,
     x: Tensor,
-    schedule: Schedule,
-    steps: int,
+    grid: Grid,
     *,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -146,17 +178,15 @@ def dpmpp(
     D = x0_t, like DPM-Solver's `lower_order_final`: on evenly spaced timesteps the λ gap into
     t = 0 is several times the previous one (r ~ 0.25) and the 2M extrapolation overshoots.
     """
-    ts = timesteps(schedule.T, steps)
-    coefs = _alpha_sigma(schedule, ts)
     x0_prev, h_prev = None, 0.0
-    for i, t in enumerate(ts.tolist()):
-        (a_t, s_t), (a_s, s_s) = coefs[i], coefs[i + 1]
-        x0, _ = _denoise(eps_fn, x, t, schedule, clip_x0)
+    for i, t in enumerate(grid.ts):
+        a_t, s_t, a_s, s_s = grid.alphas[i], grid.sigmas[i], grid.alphas[i + 1], grid.sigmas[i + 1]
+        x0, _ = denoise(eps_fn, x, t, a_t, s_t, clip_x0)
         if s_s == 0:
             x = x0  # last step to the clean image: λ_s = ∞ and the update reduces to x0
         else:
             h = math.log(a_s / s_s) - math.log(a_t / s_t)
-            if x0_prev is None or i == len(ts) - 2:
+            if x0_prev is None or i == len(grid.ts) - 2:
                 d = x0  # first order (DDIM) on the first step and on the step into t = 0
             else:
                 r = h_prev / h
@@ -167,6 +197,3 @@ def dpmpp(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
-
-
-SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm, "ddim": ddim, "dpmpp": dpmpp}

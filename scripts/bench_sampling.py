@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mnistdiff.diffusion import GuidedEps, make_schedule
-from mnistdiff.samplers import SAMPLERS
+from mnistdiff.samplers import SAMPLERS, step_grid
 from mnistdiff.unet import ConditionalUNet
 
 DEFAULT_RUNS = "ddpm:500,ddpm:100,ddim:50,ddim:20,dpmpp:20,dpmpp:10"
@@ -66,7 +66,7 @@ def sample_all(model, schedule, name: str, steps: int, args: argparse.Namespace,
         x = torch.randn(b, 1, 28, 28, generator=generator, device=args.device)
         eps_fn = GuidedEps(model, schedule, y, args.guidance)
         with autocast:
-            SAMPLERS[name](eps_fn, x, schedule, steps, generator=generator)
+            SAMPLERS[name](eps_fn, x, step_grid(schedule, steps), generator=generator)
         forwards += eps_fn.nfe
     return forwards
 

@@ -13,6 +13,8 @@ from mnistdiff.config import load_config
 from mnistdiff.data import to_uint8
 from mnistdiff.errors import CheckpointError, MnistdiffError
 from mnistdiff.pipeline import Pipeline, frame_indices, load, resolve_device, summarize
+from mnistdiff.samplers import step_grid
+from mnistdiff.seeding import ImageGenerators, mix_seed
 from mnistdiff.unet import ConditionalUNet, count_parameters
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
@@ -66,21 +68,65 @@ def test_sample_is_reproducible_under_a_seed(pipe):
     assert not torch.equal(a.images, pipe.sample([1, 2], seed=4, **kw).images)
 
 
-def test_batches_are_seeded_by_index(pipe):
-    """Batch b draws from a generator seeded with seed * 1_000_003 + b (module docstring)."""
-    s = pipe.settings(steps=3)
-    out = pipe.sample([0, 1, 2], n=2, steps=3, seed=5, batch_size=4)
-    for b, start in enumerate((0, 4)):
-        y = out.labels[start:start + 4]
-        g = torch.Generator().manual_seed(5 * 1_000_003 + b)
-        x0, _ = pipe._denoise(torch.randn((len(y), 1, 28, 28), generator=g), y, s, g)
-        assert torch.equal(to_uint8(x0).squeeze(1), out.images[start:start + 4])
+def test_each_image_is_seeded_by_its_index(pipe):
+    """Image i draws from a generator seeded with seed * 1_000_003 + i (module docstring)."""
+    s = pipe.settings(steps=3, sampler="ddpm")
+    out = pipe.sample([0, 1, 2], n=2, settings=s, batch_size=4)
+    grid = step_grid(pipe.schedule, 3)
+    for i in range(6):
+        g = torch.Generator().manual_seed(s.seed * 1_000_003 + i)
+        assert torch.equal(ImageGenerators([mix_seed(s.seed, i)]).randn((1, 1, 28, 28)),
+                           torch.randn((1, 1, 28, 28), generator=g))
+        gens = ImageGenerators([mix_seed(s.seed, i)])
+        x0, _ = pipe._denoise(pipe._noise(gens), out.labels[i:i + 1], s, gens, grid)
+        assert (to_uint8(x0).squeeze(1).int() - out.images[i:i + 1].int()).abs().max() <= 1
+
+
+class PixelModel(torch.nn.Module):
+    """A 'network' that treats every image on its own, bit for bit whatever the batch (the
+    U-Net's CPU kernels differ in the last float bits between batch sizes)."""
+
+    def forward(self, x, t, y):
+        return torch.tanh(0.7 * x + 0.01 * t.view(-1, 1, 1, 1) + 0.05 * y.view(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_the_batch_size_does_not_change_the_images(sampler):
+    """Per-image noise: the same seed gives the same digits whatever --batch-size."""
+    cfg = load_config(TINY)
+    pipe = Pipeline(PixelModel(), cfg, device="cpu")
+    s = pipe.settings(sampler=sampler, steps=4, seed=11, eta=0.5 if sampler == "ddim" else None)
+    runs = [pipe.sample([2, 5, 8], n=5, settings=s, batch_size=b) for b in (1, 7, 64)]
+    assert all(torch.equal(r.images, runs[0].images) for r in runs[1:])
+    assert all(torch.equal(r.labels, runs[0].labels) for r in runs[1:])
+    assert torch.equal(pipe.sample_live([2, 5, 8], n=5, settings=s, batch_size=7).images,
+                       runs[0].images)
+    assert torch.equal(pipe.sample([5], n=3, settings=s, batch_size=2).images,
+                       pipe.sample([5, 2], n=3, settings=s, batch_size=4).images[:3])
+
+
+def test_the_batch_size_barely_changes_the_unets_images(pipe):
+    """The same with the real network: only last-bit float differences remain."""
+    s = pipe.settings(sampler="dpmpp", steps=4, seed=11)
+    a, b = (pipe.sample([2, 5, 8], n=5, settings=s, batch_size=k).images.int() for k in (1, 64))
+    assert (a - b).abs().gt(1).float().mean() < 0.01
+
+
+def test_settings_are_given_once_or_as_values(pipe):
+    s = pipe.settings(sampler="dpmpp", steps=3, seed=4)
+    assert torch.equal(pipe.sample([1], 2, settings=s).images,
+                       pipe.sample([1], 2, sampler="dpmpp", steps=3, seed=4).images)
+    with pytest.raises(TypeError, match="not both"):
+        pipe.sample([1], 2, settings=s, steps=5)
+    with pytest.raises(TypeError, match="Settings"):
+        pipe.trajectory([1], settings={"steps": 3})
 
 
 def test_trajectory_runs_from_noise_to_the_sample(pipe):
     frames, captions = pipe.trajectory([0, 3, 7], frames=6, seed=2)
     assert frames.shape == (6, 3, 28, 28) and frames.dtype == torch.uint8
-    noise = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(2 * 1_000_003))
+    noise = torch.cat([torch.randn((1, 1, 28, 28), generator=torch.Generator().manual_seed(
+        2 * 1_000_003 + j)) for j in range(3)])  # image j of the call: its own generator
     assert torch.equal(frames[0], to_uint8(noise).squeeze(1))
     assert torch.equal(frames[-1], pipe.sample([0, 3, 7], n=1, seed=2).images)
     assert captions[0] == "step 0/10  t=49" and captions[-1] == "step 10/10  clean"

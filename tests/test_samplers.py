@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mnistdiff.diffusion import make_schedule
-from mnistdiff.samplers import SAMPLERS, ddim, ddpm, dpmpp, timesteps
+from mnistdiff.samplers import SAMPLERS, ddim, ddpm, dpmpp, step_grid, timesteps
 
 MU, S, T = 0.3, 0.5, 200
 SCHEDULE = make_schedule("linear", T)
@@ -42,7 +42,7 @@ def pf_ode_map(x_T: torch.Tensor) -> torch.Tensor:
 
 def sample(sampler, steps, seed=1, **kwargs):
     kwargs.setdefault("clip_x0", False)
-    return sampler(exact_eps, start_noise(), SCHEDULE, steps, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return sampler(exact_eps, start_noise(), step_grid(SCHEDULE, steps), generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
 # ---------------------------------------------------------------- timesteps
@@ -60,6 +60,20 @@ def test_timesteps_are_evenly_spaced_and_descending():
 def test_timesteps_rejects_bad_step_counts(steps):
     with pytest.raises(ValueError, match="steps"):
         timesteps(10, steps)
+
+
+def test_step_grid_holds_the_timesteps_and_their_coefficients_then_the_clean_image():
+    grid = step_grid(SCHEDULE, 4)
+    assert grid.ts == timesteps(T, 4).tolist() and grid.T == T
+    assert grid.alphas[:-1] == SCHEDULE.sqrt_ab[grid.ts].tolist() and grid.alphas[-1] == 1.0
+    assert grid.sigmas[:-1] == SCHEDULE.sqrt_1m_ab[grid.ts].tolist() and grid.sigmas[-1] == 0.0
+
+
+def test_registry_names_each_sampler_with_its_options():
+    assert list(SAMPLERS) == ["ddpm", "ddim", "dpmpp"]
+    assert [SAMPLERS[n].options for n in SAMPLERS] == [(), ("eta",), ()]
+    assert [SAMPLERS[n].stochastic for n in SAMPLERS] == [True, False, False]
+    assert all(SAMPLERS[n].sampler_name == n for n in SAMPLERS)
 
 
 # ---------------------------------------------------------------- the analytic check
@@ -87,14 +101,14 @@ def test_samplers_recover_the_data_distribution(sampler, steps, kwargs, std_tol)
 @pytest.mark.parametrize("sampler, steps, tol", [(ddim, T, 0.02), (dpmpp, 20, 0.02)])
 def test_deterministic_samplers_follow_the_probability_flow_ode(sampler, steps, tol):
     x_T = start_noise()
-    x = sampler(exact_eps, x_T, SCHEDULE, steps, clip_x0=False)
+    x = sampler(exact_eps, x_T, step_grid(SCHEDULE, steps), clip_x0=False)
     assert (x - pf_ode_map(x_T)).abs().max().item() < tol
 
 
 def test_dpmpp_is_more_accurate_than_ddim_at_equal_steps():
     x_T = start_noise()
     ode = pf_ode_map(x_T)
-    err = {f.__name__: (f(exact_eps, x_T, SCHEDULE, 20, clip_x0=False) - ode).abs().max() for f in (ddim, dpmpp)}
+    err = {f.__name__: (f(exact_eps, x_T, step_grid(SCHEDULE, 20), clip_x0=False) - ode).abs().max() for f in (ddim, dpmpp)}
     assert err["dpmpp"] < err["ddim"] / 4
 
 
@@ -108,7 +122,7 @@ def test_ddpm_with_all_steps_is_ddpm_eq_11():
         x = (x - beta / (1 - ab).sqrt() * exact_eps(x, t_batch)) / alpha.sqrt()
         if t > 0:
             x = x + beta.sqrt() * torch.randn(x.shape, generator=g)
-    ours = ddpm(exact_eps, start_noise(), SCHEDULE, T, generator=torch.Generator().manual_seed(3), clip_x0=False)
+    ours = ddpm(exact_eps, start_noise(), step_grid(SCHEDULE, T), generator=torch.Generator().manual_seed(3), clip_x0=False)
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=0)
 
 
@@ -139,7 +153,7 @@ def test_callback_sees_every_step_and_eps_fn_runs_once_per_step(name):
         assert not torch.is_grad_enabled()
         return exact_eps(x, t)
 
-    out = SAMPLERS[name](eps_fn, start_noise(), SCHEDULE, 12, callback=infos.append)
+    out = SAMPLERS[name](eps_fn, start_noise(), step_grid(SCHEDULE, 12), callback=infos.append)
     assert len(calls) == len(infos) == 12
     assert [info["i"] for info in infos] == list(range(12))
     assert [info["t"] for info in infos] == timesteps(T, 12).tolist()
@@ -152,7 +166,7 @@ def test_callback_sees_every_step_and_eps_fn_runs_once_per_step(name):
 def test_clip_keeps_predictions_in_range(name):
     """An eps_fn predicting ε = 0 implies x0 = x_t / α_t, far outside [-1, 1] at t = T-1."""
     infos = []
-    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), start_noise(), SCHEDULE, 5, callback=infos.append)
+    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), start_noise(), step_grid(SCHEDULE, 5), callback=infos.append)
     assert all(info["x0"].abs().max() <= 1 for info in infos)
     assert out.abs().max() <= 1
 
@@ -161,7 +175,7 @@ def test_clip_recomputes_eps_from_the_clipped_x0():
     """The DDIM step must stay on x_s = α_s x0 + σ_s ε with ε = (x_t - α_t x0) / σ_t for the clipped x0."""
     infos = []
     x_T = start_noise()
-    ddim(lambda x, t: torch.zeros_like(x), x_T, SCHEDULE, 2, callback=infos.append)  # T-1 -> 0 -> clean
+    ddim(lambda x, t: torch.zeros_like(x), x_T, step_grid(SCHEDULE, 2), callback=infos.append)  # T-1 -> 0 -> clean
     x0 = infos[0]["x0"]
     (a_t, a_s), (s_t, s_s) = SCHEDULE.sqrt_ab[[T - 1, 0]].tolist(), SCHEDULE.sqrt_1m_ab[[T - 1, 0]].tolist()
     assert x0.abs().max() == 1

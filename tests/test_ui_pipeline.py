@@ -8,7 +8,7 @@ import torch
 
 from mnistdiff.errors import MnistdiffError
 from mnistdiff.pipeline import load, slerp
-from mnistdiff.samplers import SAMPLERS
+from mnistdiff.samplers import SAMPLERS, step_grid
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_the_samplers_continue_from_the_tensor_the_callback_sees(pipe, sampler):
     def zero(info):
         info["x"].zero_()
 
-    SAMPLERS[sampler](eps_fn, torch.randn(2, 1, 28, 28), pipe.schedule, 4, callback=zero,
+    SAMPLERS[sampler](eps_fn, torch.randn(2, 1, 28, 28), step_grid(pipe.schedule, 4), callback=zero,
                       generator=torch.Generator().manual_seed(0))
     assert all(bool((x == 0).all()) for x in inputs[1:])
 
