@@ -257,8 +257,7 @@ class App:
             from .visualize import image_grid, labelled_grid, save_image
 
             emit("start", {"steps": s.steps, "images": len(digits) * n})
-            result = pipe.sample_live(digits, n, sampler=s.sampler, steps=s.steps,
-                                      guidance=s.guidance, eta=s.eta, seed=s.seed,
+            result = pipe.sample_live(digits, n, settings=s,
                                       callback=_stepper(emit, n))
             if len(digits) == 1:
                 grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=GRID_SCALE)
@@ -269,8 +268,7 @@ class App:
             def gif() -> bytes:
                 from .visualize import animation_frames, save_animation
 
-                traj = pipe.trajectory(digits, sampler=s.sampler, steps=s.steps,
-                                       guidance=s.guidance, eta=s.eta, seed=s.seed)
+                traj = pipe.trajectory(digits, settings=s)
                 frames = animation_frames(traj.frames, traj.captions, scale=GIF_SCALE)
                 return self.write(lambda p: save_animation(frames, p, fps=GIF_FPS,
                                                            hold=GIF_HOLD), "denoise.gif")
@@ -321,8 +319,7 @@ class App:
             from .visualize import image_grid, labelled_grid, save_image
 
             emit("start", {"steps": s.steps, "images": len(digits) * n})
-            result = pipe.inpaint(pixels, keep, digits, n, sampler=s.sampler, steps=s.steps,
-                                  guidance=s.guidance, eta=s.eta, seed=s.seed, resample=resample,
+            result = pipe.inpaint(pixels, keep, digits, n, settings=s, resample=resample,
                                   callback=_stepper(emit, n))
             if len(digits) == 1:
                 grid = image_grid(result.images, nrow=math.ceil(math.sqrt(n)), scale=GRID_SCALE)
