@@ -104,16 +104,6 @@ def q_sample(schedule: Schedule, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor
     return _at(schedule.sqrt_ab, t, x0) * x0 + _at(schedule.sqrt_1m_ab, t, x0) * noise
 
 
-def predict_x0(schedule: Schedule, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-    """x0 = (x_t - σ_t ε) / α_t (DDPM eq. 4 solved for x0)."""
-    return (x_t - _at(schedule.sqrt_1m_ab, t, x_t) * eps) / _at(schedule.sqrt_ab, t, x_t)
-
-
-def eps_from_x0(schedule: Schedule, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    """ε = (x_t - α_t x0) / σ_t (DDPM eq. 4 solved for ε)."""
-    return (x_t - _at(schedule.sqrt_ab, t, x_t) * x0) / _at(schedule.sqrt_1m_ab, t, x_t)
-
-
 def velocity(schedule: Schedule, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
     """The v target v = α_t ε - σ_t x0 (Salimans & Ho 2022, section 4)."""
     return _at(schedule.sqrt_ab, t, x0) * eps - _at(schedule.sqrt_1m_ab, t, x0) * x0
