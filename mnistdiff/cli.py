@@ -282,43 +282,71 @@ def sample(
     """Generate digits: a grid PNG (one labelled row per digit, or a square grid for one digit).
 
     With --init-image, complete a partial drawing into each digit asked for."""
-    import math
-
-    from rich.progress import Progress
-
-    import contextlib
-    import time
-
-    import torch
-
-    from .evaluation import NpzSamplesWriter
-    from .files import all_or_nothing
-    from .pipeline import load
-    from .visualize import image_grid, labelled_grid, save_image
-
     choice = _digit_choice(digit, digits, all_)
     _check_scale(scale)
     drawing = _read_drawing(init_image, mask)
-    pipe = load(checkpoint, device=device, ema=ema)
-    check_outputs({"--out": out_path, "--npz": npz}, {"checkpoint": pipe.info.get("path")},
-                  suffixes={"--out": (".png",), "--npz": (".npz",)},
-                  folders={"--individual": individual})
-    wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
-    s = pipe.settings(sampler, steps, guidance, eta, seed)
+    pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
+                                  seed), {"--out": out_path, "--npz": npz},
+                                  {"--out": (".png",), "--npz": (".npz",)},
+                                  folders={"--individual": individual})
     if drawing is None:
-        batches = pipe.batches(wanted, n, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                               eta=s.eta, seed=s.seed, batch_size=batch_size)  # validates n
+        batches = pipe.batches(wanted, n, settings=s, batch_size=batch_size)  # validates n
     else:  # inpainting returns the whole job at once
-        batches = iter([pipe.inpaint(*drawing, wanted, n, sampler=s.sampler, steps=s.steps,
-                                     guidance=s.guidance, eta=s.eta, seed=s.seed,
-                                     resample=resample, batch_size=batch_size)])
+        batches = iter([pipe.inpaint(*drawing, wanted, n, settings=s, resample=resample,
+                                     batch_size=batch_size)])
     total, shown = len(wanted) * n, min(n, GRID_MAX)
     if n > GRID_MAX and npz is None and individual is None:
         raise MnistdiffError(f"--n {n}: the grid shows at most {GRID_MAX} images per digit; "
                              f"write more with --npz or --individual")
     _check_sample_space(total, len(wanted) * shown, scale, out_path, npz, individual)
     _say_model(pipe)
+    written, nfe, seconds = _write_samples(pipe, wanted, n, shown, batches, out_path, npz,
+                                           individual, scale)
+    what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
+    if drawing is not None:
+        what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
+    out.print(f"{total} images ({what}) with {s.sampler}, "
+              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {nfe} NFE, "
+              f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
+                                    if shown < n else ""))
+    _print_written(written)
 
+
+def _open_model(checkpoint: Optional[str], device: str, ema: bool, choice: Optional[list[int]],
+                values: tuple, outputs: dict, suffixes: dict, folders: Optional[dict] = None):
+    """The opening that ``sample`` and ``animate`` share: load the model, check the outputs
+    against it, then the digits (None: every class) and the sampling settings, once:
+    (pipe, digits, Settings)."""
+    from .pipeline import load
+
+    pipe = load(checkpoint, device=device, ema=ema)
+    check_outputs(outputs, {"checkpoint": pipe.info.get("path")}, suffixes=suffixes,
+                  folders=folders)
+    wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
+    return pipe, wanted, pipe.settings(*values)
+
+
+def _print_written(paths) -> None:
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
+def _write_samples(pipe, wanted: list[int], n: int, shown: int, batches, out_path: Path,
+                   npz: Optional[Path], individual: Optional[Path], scale: int):
+    """Stream the batches into the NPZ and the PNGs, keep the grid's images, write the grid:
+    all outputs appear, or none. Returns (what was written, NFE, seconds)."""
+    import contextlib
+    import math
+    import time
+
+    import torch
+    from rich.progress import Progress
+
+    from .evaluation import NpzSamplesWriter
+    from .files import all_or_nothing
+    from .visualize import image_grid, labelled_grid, save_image
+
+    total = len(wanted) * n
     start, kept, offset, nfe = time.perf_counter(), [], 0, 0
     with all_or_nothing(), contextlib.ExitStack() as stack:  # all outputs appear, or none
         writer = None if npz is None else stack.enter_context(NpzSamplesWriter(npz, total))
@@ -347,15 +375,7 @@ def sample(
         written.append(npz)
     if individual is not None:
         written.append(f"{total} PNGs into {individual}/")
-    what = f"{len(wanted)} digits x {n}" if len(wanted) > 1 else f"digit {wanted[0]}"
-    if drawing is not None:
-        what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
-    out.print(f"{total} images ({what}) with {s.sampler}, "
-              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {nfe} NFE, "
-              f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
-                                    if shown < n else ""))
-    for path in written:
-        out.print(f"wrote {path}")
+    return written, nfe, seconds
 
 
 GRID_MAX = 1024  # images per digit in a sample grid (32 rows of 32): beyond it no one looks
@@ -413,7 +433,6 @@ def animate(
     device: str = DeviceOpt, ema: bool = EmaOpt,
 ) -> None:
     """Animate the reverse process, from pure noise to digits side by side."""
-    from .pipeline import load
     from .files import all_or_nothing
     from .visualize import (animation_frames, check_animation_path, check_timing, frame_strip,
                             save_animation, save_image)
@@ -422,14 +441,11 @@ def animate(
     _check_scale(scale)
     check_timing(fps, hold)
     check_animation_path(out_path)
-    pipe = load(checkpoint, device=device, ema=ema)
-    check_outputs({"--out": out_path, "--strip": strip}, {"checkpoint": pipe.info.get("path")},
-                  suffixes={"--out": (".gif", ".mp4"), "--strip": (".png",)})
-    wanted = pipe.check_digits(range(len(pipe.classes)) if choice is None else choice)
-    s = pipe.settings(sampler, steps, guidance, eta, seed)
+    pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
+                                  seed), {"--out": out_path, "--strip": strip},
+                                  {"--out": (".gif", ".mp4"), "--strip": (".png",)})
     _say_model(pipe)
-    traj = pipe.trajectory(wanted, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                           eta=s.eta, seed=s.seed, frames=frames)
+    traj = pipe.trajectory(wanted, settings=s, frames=frames)
 
     with all_or_nothing():
         written = [save_animation(animation_frames(traj.frames, traj.captions, scale=scale),
@@ -438,8 +454,7 @@ def animate(
             written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
     out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, {s.steps} "
               f"steps, guidance {s.guidance:g}, seed {s.seed}")
-    for path in written:
-        out.print(f"wrote {path}")
+    _print_written(written)
 
 
 @app.command()
@@ -473,12 +488,25 @@ def summarize(
         print(json.dumps(summary, indent=2))
         return
 
+    _print_summary(summary, info, cfg)
+
+
+def _print_summary(summary: dict, info: Optional[dict], cfg: Config) -> None:
+    """``summarize``'s tables: the layers, then what the config and the checkpoint say."""
     table = Table("layer", "type", "output shape", "parameters", title="ConditionalUNet")
     for layer in summary["layers"]:
         shape = "x".join(map(str, layer["output_shape"])) if layer["output_shape"] else "--"
         table.add_row("  " * (layer["depth"] - 1) + layer["name"], layer["type"], shape,
                       f"{layer['parameters']:,}")
     out.print(table)
+    if info is not None:
+        out.print(f"model: {info['source']}", highlight=False, soft_wrap=True)
+    out.print(_summary_facts(summary, info, cfg))
+
+
+def _summary_facts(summary: dict, info: Optional[dict], cfg: Config) -> Table:
+    """Parameters, MACs, dataset, diffusion, sampler defaults; a checkpoint's training facts
+    and its model card's measured rows."""
     d, sd = summary["diffusion"], summary["sampler_defaults"]
     facts = {
         "parameters": f"{summary['parameters']:,} ({summary['size_mb']:.2f} MB as float32)",
@@ -488,7 +516,6 @@ def summarize(
         "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
     }
     if info is not None:
-        out.print(f"model: {info['source']}", highlight=False, soft_wrap=True)
         ema_text = (f"yes (decay {summary['ema_decay']:g}, half-life at most "
                     f"{cfg.train.ema_rampup:.0%} of training)" if info["ema"] else "no")
         if info["name"] is not None:  # a bundled model holds only its EMA weights
@@ -508,7 +535,7 @@ def summarize(
     facts_table = Table(show_header=False, box=None)
     for key, value in facts.items():
         facts_table.add_row(f"[bold]{key}[/]", value)
-    out.print(facts_table)
+    return facts_table
 
 
 # --------------------------------------------------------------------------------- evaluate
@@ -562,17 +589,51 @@ def evaluate(
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
     from . import evaluation
-    from .data import DatasetSpec, find_data_dir, has_split
-    from .errors import DataError
     from .files import all_or_nothing
-    from .pipeline import load, resolve_device
     from .visualize import plot_guidance_sweep
 
     scales = _guidance_list(guidance, sweep)
     plot = out_path.with_suffix(".png") if scales is not None and len(scales) > 1 else None
-    check_outputs({"--out": out_path, "the sweep plot": plot, "--npz": npz},
-                  {"--samples": samples, "checkpoint": checkpoint if checkpoint and
-                   Path(checkpoint).is_file() else None},
+    outputs = {"--out": out_path, "the sweep plot": plot, "--npz": npz}
+    _check_evaluate(outputs, checkpoint, samples, scales, n, batch_size, cas_epochs, npz)
+    if samples is not None:  # score someone's NPZ: no model needed
+        cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
+        images, labels = evaluation.load_npz_samples(samples)
+        source, pipe = {"samples": str(samples)}, None
+    else:
+        pipe, cfg, settings = _evaluation_model(checkpoint, device, ema, outputs, n, scales,
+                                                (sampler, steps, eta, seed), data_dir, dataset)
+        source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
+                  "step": pipe.info.get("step")}
+    batch, k = batch_size or cfg.eval.batch_size, cfg.eval.knn_k
+    ref = _reference(cfg, floor, device, batch)
+    if pipe is None:
+        rows = [evaluation.score(images, labels, ref, k=k, batch_size=batch)]
+    else:
+        per_class = _per_class(n or pipe.config.eval.n, len(pipe.classes))
+        rows, images, labels = evaluation.sample_and_score(
+            pipe, per_class, settings, ref, k=k, batch_size=batch, sample_batch_size=batch_size,
+            say=err.print)
+    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k, batch_size=batch,
+                                      labels=labels) if floor else None
+    cas_row = _cas(images, labels, ref, cas_epochs, cfg.eval.seed) if cas else None
+    with all_or_nothing():  # the report, the sweep plot and the NPZ appear together or not at all
+        evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row, cas_row),
+                                out_path)
+        if plot is not None:  # beside the report, under its own name (checked above)
+            plot_guidance_sweep(rows, plot)
+        if npz is not None:
+            evaluation.save_npz_samples(npz, images, labels)
+    _print_evaluation(ref, rows, floor_row, cas_row, k, samples)
+    _print_written(p for p in (out_path, npz, plot) if p is not None)
+
+
+def _check_evaluate(outputs: dict, checkpoint: Optional[str], samples: Optional[Path],
+                    scales: Optional[list[float]], n: Optional[int], batch_size: Optional[int],
+                    cas_epochs: int, npz: Optional[Path]) -> None:
+    """``evaluate``'s option checks, before anything is loaded."""
+    check_outputs(outputs, {"--samples": samples, "checkpoint": checkpoint if checkpoint and
+                            Path(checkpoint).is_file() else None},
                   suffixes={"--out": (".json",), "--npz": (".npz",)})
     if samples is not None and (checkpoint is not None or scales is not None or n is not None):
         raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
@@ -586,77 +647,71 @@ def evaluate(
         raise MnistdiffError("--npz saves the samples of one guidance setting; it excludes "
                              "--samples and --guidance-sweep")
 
-    if samples is not None:  # score someone's NPZ: no model needed
-        cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
-        images, labels = evaluation.load_npz_samples(samples)
-        source = {"samples": str(samples)}
-        pipe = None
-    else:
-        pipe = load(checkpoint, device=device, ema=ema)
-        check_outputs({"--out": out_path, "the sweep plot": plot, "--npz": npz},
-                      {"checkpoint": pipe.info.get("path")})
-        cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
-        for w in scales or [None]:  # check every setting before the long work starts
-            pipe.settings(sampler, steps, w, eta, seed)
-        # All samples and their features are held for scoring: refuse an n that cannot fit.
-        check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
-                    what=f"{n or pipe.config.eval.n:,} samples and their features")
-        _say_model(pipe)
-        source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
-                  "step": pipe.info.get("step")}
-    batch = batch_size or cfg.eval.batch_size
+
+def _evaluation_model(checkpoint: Optional[str], device: str, ema: bool, outputs: dict,
+                      n: Optional[int], scales: Optional[list[float]], values: tuple,
+                      data_dir: Optional[Path], dataset: Optional[str]):
+    """Load the model to evaluate and validate every setting of the sweep before the long work:
+    (pipe, config for the data, [Settings per guidance scale])."""
+    from .pipeline import load
+
+    sampler, steps, eta, seed = values
+    pipe = load(checkpoint, device=device, ema=ema)
+    check_outputs(outputs, {"checkpoint": pipe.info.get("path")})
+    cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
+    settings = [pipe.settings(sampler, steps, w, eta, seed) for w in scales or [None]]
+    # All samples and their features are held for scoring: refuse an n that cannot fit.
+    check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
+                what=f"{n or pipe.config.eval.n:,} samples and their features")
+    _say_model(pipe)
+    return pipe, cfg, settings
+
+
+def _reference(cfg: Config, floor: bool, device: str, batch: int):
+    """The bundled classifier and test statistics; missing data is said before any sampling,
+    with what --no-floor changes."""
+    from . import evaluation
+    from .data import DatasetSpec, find_data_dir, has_split
+    from .errors import DataError
+    from .pipeline import resolve_device
+
     floor_hint = "; the real floor also needs the training split (--no-floor skips it)"
-    try:  # missing data: say so before any sampling, with what --no-floor changes
+    try:
         folder = find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download, ("test",))
         if floor and not has_split(folder, "train"):
             raise DataError(f"{folder}: no training split "
                             f"({', '.join(DatasetSpec.files('train'))})")
     except DataError as e:
         raise DataError(f"{e}{floor_hint if floor else ''}") from None
-    ref = evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
-                                    download=cfg.data.download,
-                                    device=resolve_device(device), batch_size=batch)
-    k = cfg.eval.knn_k
+    return evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
+                                     download=cfg.data.download,
+                                     device=resolve_device(device), batch_size=batch)
 
-    rows = []
-    if pipe is None:
-        rows.append(evaluation.score(images, labels, ref, k=k, batch_size=batch))
-    else:
-        classes = list(range(len(pipe.classes)))
-        wanted_n = n or pipe.config.eval.n
-        per_class = max(1, round(wanted_n / len(classes)))
-        if per_class * len(classes) != wanted_n:  # balanced classes need a multiple of their count
-            err.print(f"--n {wanted_n} is not a multiple of the {len(classes)} classes: sampling "
-                      f"{per_class * len(classes)} ({per_class} per class, rounded to the nearest)",
-                      highlight=False)
-        for w in scales or [None]:
-            s = pipe.settings(sampler, steps, w, eta, seed)
-            err.print(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
-                      f"guidance {s.guidance:g}) ...")
-            result = pipe.sample(classes, per_class, sampler=s.sampler, steps=s.steps,
-                                 guidance=s.guidance, eta=s.eta, seed=s.seed, batch_size=batch_size)
-            row = evaluation.score(result.images, result.labels, ref, k=k, batch_size=batch)
-            row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta,
-                       seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
-                       seconds_per_100=100 * result.seconds / len(result.images))
-            rows.append(row)
-            images, labels = result.images, result.labels
-    floor_row = evaluation.real_floor(ref, rows[0]["n"], cfg.eval.seed, k=k, batch_size=batch,
-                                      labels=labels) if floor else None
-    cas_row = None
-    if cas:
-        err.print(f"classification accuracy score: training 2 classifiers on {len(labels)} "
-                  f"images for {cas_epochs} epochs ...")
-        cas_row = evaluation.classification_accuracy_score(images, labels, ref,
-                                                           epochs=cas_epochs, seed=cfg.eval.seed)
-    with all_or_nothing():  # the report, the sweep plot and the NPZ appear together or not at all
-        evaluation.write_report(evaluation.make_report(ref, source, rows, floor_row, cas_row),
-                                out_path)
-        if plot is not None:  # beside the report, under its own name (checked above)
-            plot_guidance_sweep(rows, plot)
-        if npz is not None:
-            evaluation.save_npz_samples(npz, images, labels)
 
+def _per_class(wanted_n: int, classes: int) -> int:
+    """Images per class for --n; says so when balancing changes the total."""
+    from .evaluation import per_class_count
+
+    per_class = per_class_count(wanted_n, classes)
+    if per_class * classes != wanted_n:  # balanced classes need a multiple of their count
+        err.print(f"--n {wanted_n} is not a multiple of the {classes} classes: sampling "
+                  f"{per_class * classes} ({per_class} per class, rounded to the nearest)",
+                  highlight=False)
+    return per_class
+
+
+def _cas(images, labels, ref, epochs: int, seed: int) -> dict:
+    """The classification accuracy score of ``evaluate --cas``."""
+    from .evaluation import classification_accuracy_score
+
+    err.print(f"classification accuracy score: training 2 classifiers on {len(labels)} "
+              f"images for {epochs} epochs ...")
+    return classification_accuracy_score(images, labels, ref, epochs=epochs, seed=seed)
+
+
+def _print_evaluation(ref, rows: list[dict], floor_row: Optional[dict], cas_row: Optional[dict],
+                      k: int, samples: Optional[Path]) -> None:
+    """The table of ``evaluate``: a row per setting, the real floor, the weakest class, CAS."""
     table = Table("", "n", "accuracy", "FID", "precision", "recall", "NFE", "s / 100",
                   title=f"{ref.dataset}: classifier features, FID vs the test set, k = {k}")
     for row in rows:
@@ -676,11 +731,6 @@ def evaluate(
         out.print(f"classification accuracy score (n = {cas_row['n']}, {cas_row['epochs']} epochs): "
                   f"{cas_row['generated']:.2%} trained on samples, {cas_row['real']:.2%} trained "
                   f"on real images")
-    out.print(f"wrote {out_path}")
-    if npz is not None:
-        out.print(f"wrote {npz}")
-    if plot is not None:
-        out.print(f"wrote {plot}")
 
 
 # --------------------------------------------------------------------------------- ui

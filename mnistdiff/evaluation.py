@@ -12,6 +12,8 @@ other papers computed in Inception space.
     metrics = score(images_u8, labels, ref)     # accuracy, FID, precision, recall
     floor = real_floor(ref, n=10000)            # the same numbers for real training digits
     cas = classification_accuracy_score(images_u8, labels, ref)  # a classifier trained on samples
+    rows, images, labels = sample_and_score(pipe, 100, [pipe.settings(guidance=w) for w in (1, 3)],
+                                            ref)      # what ``mnistdiff evaluate`` runs
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -326,6 +329,38 @@ def classification_accuracy_score(images: torch.Tensor | np.ndarray,
 
 
 # --------------------------------------------------------------------------------- files
+
+def per_class_count(n: int, num_classes: int) -> int:
+    """Images per class for about ``n`` in total, balanced: n / classes rounded (at least 1)."""
+    return max(1, round(n / num_classes))
+
+
+def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Reference, *,
+                     k: int = 3, batch_size: int = 500, sample_batch_size: int | None = None,
+                     say: Callable[[str], None] | None = None
+                     ) -> tuple[list[dict], torch.Tensor, torch.Tensor]:
+    """Sample ``per_class`` images of every class of ``pipe`` (a ``pipeline.Pipeline``) at each
+    of ``settings`` (``Pipeline.settings`` results, e.g. a guidance sweep) and score them.
+
+    Returns one report row per setting (``score``'s numbers plus sampler, steps, guidance, eta,
+    seed, nfe, sampling_seconds and seconds_per_100) and the last setting's images and labels
+    (for an NPZ, the real floor's class histogram and the CAS). ``say(line)`` announces each
+    setting; ``batch_size`` is the classifier's, ``sample_batch_size`` the sampler's."""
+    classes = list(range(len(pipe.classes)))
+    rows, images, labels = [], None, None
+    for s in settings:
+        if say is not None:
+            say(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
+                f"guidance {s.guidance:g}) ...")
+        result = pipe.sample(classes, per_class, settings=s, batch_size=sample_batch_size)
+        row = score(result.images, result.labels, reference, k=k, batch_size=batch_size)
+        row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta,
+                   seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
+                   seconds_per_100=100 * result.seconds / len(result.images))
+        rows.append(row)
+        images, labels = result.images, result.labels
+    return rows, images, labels
+
 
 def save_npz_samples(path: str | Path, images: torch.Tensor | np.ndarray,
                      labels: torch.Tensor | np.ndarray) -> Path:
