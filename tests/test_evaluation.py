@@ -297,3 +297,19 @@ def test_a_file_that_is_not_an_npz_is_a_clear_error(tmp_path):
     for path in (tmp_path / "junk.npz", tmp_path / "single.npy", tmp_path / "missing.npz"):
         with pytest.raises(MnistdiffError, match="cannot read .* as an NPZ file"):
             ev.load_npz_samples(path)
+
+
+def test_sample_and_score_gives_a_row_per_setting(reference, tiny_checkpoint):
+    """issue 12: what `mnistdiff evaluate` runs, as a library call."""
+    from mnistdiff.pipeline import load
+
+    pipe = load(tiny_checkpoint, device="cpu")
+    settings = [pipe.settings(steps=2, guidance=w) for w in (0.0, 2.0)]
+    said = []
+    rows, images, labels = ev.sample_and_score(pipe, 2, settings, reference, batch_size=64,
+                                               say=said.append)
+    assert [r["guidance"] for r in rows] == [0.0, 2.0] and len(said) == 2
+    assert all(r["n"] == 20 and r["nfe"] == 2 and r["steps"] == 2 for r in rows)
+    assert labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert torch.equal(images, pipe.sample(range(10), 2, settings=settings[-1]).images)
+    assert ev.per_class_count(95, 10) == 10 and ev.per_class_count(3, 10) == 1
