@@ -421,14 +421,15 @@ class Pipeline:
         Frame j at α = j / (frames - 1) starts from the spherical interpolation (slerp) of the
         two seeds' starting noises and is guided by the two labels mixed at the same α,
         ε = ε_u + w ((1 - α) ε_a + α ε_b - ε_u). The sampler must be deterministic (ddim with
-        eta 0, or dpmpp; ddim when the checkpoint's default is ddpm), so the first and the last
+        eta 0, or dpmpp; the first deterministic one, ddim, when the checkpoint's default is
+        stochastic), so the first and the last
         frames are ``sample(digit, 1, seed=seed)`` of each end."""
         pair_d = [digits] if isinstance(digits, numbers.Integral) else list(digits)
         pair_s = [seeds] if seeds is None or isinstance(seeds, numbers.Integral) else list(seeds)
         if not 1 <= len(pair_d) <= 2 or not 1 <= len(pair_s) <= 2:
             raise MnistdiffError("morph: give one or two digits and one or two seeds")
         if sampler is None and SAMPLERS[self.config.sample.sampler].stochastic:
-            sampler = "ddim"
+            sampler = next(k for k, f in SAMPLERS.items() if not f.stochastic)  # ddim
         if sampler in SAMPLERS and SAMPLERS[sampler].stochastic:
             deterministic = [k for k, f in SAMPLERS.items() if not f.stochastic]
             raise MnistdiffError(f"morph needs a deterministic sampler: "

@@ -512,8 +512,10 @@ def _summary(result, s, what: str) -> str:
 
 def _command(pipe, head: str, s, tail: str) -> str:
     """The CLI command that writes the same files."""
+    from .samplers import SAMPLERS
+
     name = pipe.info.get("name") or pipe.info.get("path")
-    eta = f" --eta {s.eta:g}" if s.sampler == "ddim" and s.eta else ""
+    eta = f" --eta {s.eta:g}" if "eta" in SAMPLERS[s.sampler].options and s.eta else ""
     return (f"mnistdiff {head} --checkpoint {name} --sampler {s.sampler} --steps {s.steps} "
             f"--guidance {s.guidance:g}{eta} --seed {s.seed} {tail}")
 
