@@ -413,7 +413,8 @@ class Pipeline:
 
     @torch.inference_mode()
     def interpolate(self, digits: int | Sequence[int], seeds: int | Sequence[int] | None = None,
-                    frames: int = 8, *, sampler: str | None = None, steps: int | None = None,
+                    frames: int = 8, *, settings: Settings | None = None,
+                    sampler: str | None = None, steps: int | None = None,
                     guidance: float | None = None) -> Morph:
         """A morph in ``frames`` images from (digit a, seed a) to (digit b, seed b).
 
@@ -423,7 +424,15 @@ class Pipeline:
         ε = ε_u + w ((1 - α) ε_a + α ε_b - ε_u). The sampler must be deterministic (ddim with
         eta 0, or dpmpp; the first deterministic one, ddim, when the checkpoint's default is
         stochastic), so the first and the last
-        frames are ``sample(digit, 1, seed=seed)`` of each end."""
+        frames are ``sample(digit, 1, seed=seed)`` of each end. ``settings`` (from
+        :meth:`settings`, eta 0) gives sampler, steps, guidance and the default seed at once."""
+        if settings is not None:
+            if any(v is not None for v in (sampler, steps, guidance)):
+                raise TypeError("give either settings= or sampler/steps/guidance, not both")
+            if settings.eta != 0:
+                raise MnistdiffError("morph needs a deterministic sampler: eta must be 0")
+            sampler, steps, guidance = settings.sampler, settings.steps, settings.guidance
+            seeds = settings.seed if seeds is None else seeds
         pair_d = [digits] if isinstance(digits, numbers.Integral) else list(digits)
         pair_s = [seeds] if seeds is None or isinstance(seeds, numbers.Integral) else list(seeds)
         if not 1 <= len(pair_d) <= 2 or not 1 <= len(pair_s) <= 2:

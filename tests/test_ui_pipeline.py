@@ -153,3 +153,16 @@ def test_slerp_ends_exactly_and_keeps_the_norm():
     mid = slerp(a, b, 0.5)
     assert abs(float(mid.norm()) - float(a.norm() + b.norm()) / 2) < 0.05 * float(a.norm())
     assert torch.allclose(slerp(a, a, 0.3), a)
+
+
+def test_interpolate_takes_settings(pipe):
+    s = pipe.settings(sampler="dpmpp", steps=3, guidance=1.0, seed=2)
+    a = pipe.interpolate((1, 7), seeds=(2, 5), frames=3, settings=s)
+    b = pipe.interpolate((1, 7), seeds=(2, 5), frames=3, sampler="dpmpp", steps=3, guidance=1.0)
+    assert torch.equal(a.images, b.images) and a.seeds == (2, 5)
+    assert pipe.interpolate((3, 5), 4, frames=2, settings=s).seeds == (4, 4)
+    assert pipe.interpolate((1, 7), frames=2, settings=s).seeds == (2, 2)
+    with pytest.raises(TypeError, match="not both"):
+        pipe.interpolate((1, 7), frames=2, settings=s, steps=4)
+    with pytest.raises(MnistdiffError, match="eta must be 0"):
+        pipe.interpolate((1, 7), frames=2, settings=pipe.settings(sampler="ddim", eta=0.5))
