@@ -58,7 +58,9 @@ class Trajectory(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Validated sampling settings (the checkpoint's defaults where not given)."""
+    """Validated sampling settings (the checkpoint's defaults where not given), from
+    :meth:`Pipeline.settings`; every sampling method takes one as ``settings=``. A sampler's
+    keyword options (``SAMPLERS[name].options``, e.g. ddim's eta) are read from these fields."""
 
     sampler: str
     steps: int

@@ -59,14 +59,14 @@ def sample_all(model, schedule, name: str, steps: int, args: argparse.Namespace,
     """Sample args.n digits (labels 0..9 repeated) in batches; returns the number of forwards."""
     generator = torch.Generator(args.device).manual_seed(seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
-    forwards = 0
+    forwards, grid = 0, step_grid(schedule, steps)  # one step grid for every batch
     for first in range(0, args.n, args.batch_size):
         b = min(args.batch_size, args.n - first)
         y = torch.arange(first, first + b, device=args.device) % 10
         x = torch.randn(b, 1, 28, 28, generator=generator, device=args.device)
         eps_fn = GuidedEps(model, schedule, y, args.guidance)
         with autocast:
-            SAMPLERS[name](eps_fn, x, step_grid(schedule, steps), generator=generator)
+            SAMPLERS[name](eps_fn, x, grid, generator=generator)
         forwards += eps_fn.nfe
     return forwards
 
