@@ -58,8 +58,10 @@ def test_bundled_mnist_draws_the_digits_asked_for():
     out = pipe.sample(list(range(10)), n=2, steps=10, seed=1)
     _, preds = run_classifier(load_classifier("mnist"), out.images)
     assert (preds == out.labels.numpy()).mean() >= 0.9
-    background = out.images[:, :3, :].float()  # the top rows of real digits are empty
-    assert (background == 0).float().mean() > 0.95
+    # The top rows of real digits are empty (exactly 0); the model's are near-black: faint
+    # values of a few levels remain (see README, Pretrained models), none visible.
+    background = out.images[:, :3, :].float()
+    assert (background <= 16).float().mean() > 0.97
 
 
 # --------------------------------------------------------------------------------- resolution

@@ -109,6 +109,7 @@ def test_sigint_checkpoints_and_the_run_resumes_exactly(synthetic_dir, tmp_path,
         return loss
 
     monkeypatch.setattr(training, "train_step", interrupted_step)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
     stopped = run(cfg, tmp_path / "split")
     assert stopped.interrupted and stopped.step == 3
     assert load_checkpoint(stopped.checkpoint)["step"] == 3
