@@ -216,9 +216,35 @@ StepsOpt = typer.Option(None, "--steps", help="Sampling steps, 1 to T (default: 
 GuidanceOpt = typer.Option(None, "--guidance", help="Classifier-free guidance scale w: 0 "
                            "unconditional, 1 conditional, >1 stronger (default: the checkpoint's).",
                            show_default=False)
+GuidanceIntervalOpt = typer.Option(None, "--guidance-interval", metavar="LO,HI",
+                                   help="Guide only at noise levels t/(T-1) in [LO, HI], one "
+                                   "conditional pass at the other steps (cheaper); 0,1 guides "
+                                   "every step (default: the checkpoint's "
+                                   "sample.guidance_interval).", show_default=False)
 EtaOpt = typer.Option(None, "--eta", help="DDIM noise, 0 (deterministic) to 1.", show_default=False)
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default: the checkpoint's sample.seed).",
                        show_default=False)
+
+
+def _interval_option(text: Optional[str]) -> Optional[tuple[float, ...]]:
+    """--guidance-interval LO,HI as numbers (checked against the range by Pipeline.settings)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise MnistdiffError(f"--guidance-interval: expected two comma-separated numbers LO,HI "
+                             f"like 0.1,0.8, got '{text}'")
+    return values
+
+
+def _describe_guidance(s) -> str:
+    """'guidance 1.75' or, with a guidance interval, 'guidance 1.75 in t/(T-1) [0.1, 0.8]'."""
+    lo, hi = s.guidance_interval
+    return f"guidance {s.guidance:g}" + ("" if (lo, hi) == (0.0, 1.0) else
+                                         f" in t/(T-1) [{lo:g}, {hi:g}]")
 
 
 def _digit_choice(digit: Optional[int], digits: Optional[str], all_: bool) -> Optional[list[int]]:
@@ -256,7 +282,7 @@ def sample(
     n: int = typer.Option(16, "--n", help="Images per digit (--all: 10 n images in total)."),
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
-    seed: Optional[int] = SeedOpt,
+    seed: Optional[int] = SeedOpt, guidance_interval: Optional[str] = GuidanceIntervalOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass "
                                              "(default: the checkpoint's sample.batch_size).",
                                              show_default=False),
@@ -286,7 +312,8 @@ def sample(
     _check_scale(scale)
     drawing = _read_drawing(init_image, mask)
     pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
-                                  seed), {"--out": out_path, "--npz": npz},
+                                  seed, _interval_option(guidance_interval)),
+                                  {"--out": out_path, "--npz": npz},
                                   {"--out": (".png",), "--npz": (".npz",)},
                                   folders={"--individual": individual})
     if drawing is None:
@@ -306,7 +333,7 @@ def sample(
     if drawing is not None:
         what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
     out.print(f"{total} images ({what}) with {s.sampler}, "
-              f"{s.steps} steps, guidance {s.guidance:g}, seed {s.seed}: {nfe} NFE, "
+              f"{s.steps} steps, {_describe_guidance(s)}, seed {s.seed}: {nfe} NFE, "
               f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
                                     if shown < n else ""))
     _print_written(written)
@@ -417,7 +444,7 @@ def animate(
     digit: Optional[int] = DigitOpt, digits: Optional[str] = DigitsOpt, all_: bool = AllOpt,
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
-    seed: Optional[int] = SeedOpt,
+    seed: Optional[int] = SeedOpt, guidance_interval: Optional[str] = GuidanceIntervalOpt,
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames, denser near the end "
                                          "(default: steps + 1, at most 30).", show_default=False),
     fps: float = typer.Option(10.0, "--fps", help="Frames per second, 0.1 to 50 (GIF delays are "
@@ -442,7 +469,8 @@ def animate(
     check_timing(fps, hold)
     check_animation_path(out_path)
     pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
-                                  seed), {"--out": out_path, "--strip": strip},
+                                  seed, _interval_option(guidance_interval)),
+                                  {"--out": out_path, "--strip": strip},
                                   {"--out": (".gif", ".mp4"), "--strip": (".png",)})
     _say_model(pipe)
     traj = pipe.trajectory(wanted, settings=s, frames=frames)
@@ -453,7 +481,7 @@ def animate(
         if strip is not None:
             written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
     out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, {s.steps} "
-              f"steps, guidance {s.guidance:g}, seed {s.seed}")
+              f"steps, {_describe_guidance(s)}, seed {s.seed}")
     _print_written(written)
 
 
@@ -567,6 +595,7 @@ def evaluate(
                                         help="Evaluate several guidance scales; also plots them.",
                                         show_default=False),
     eta: Optional[float] = EtaOpt, seed: Optional[int] = SeedOpt,
+    guidance_interval: Optional[str] = GuidanceIntervalOpt,
     samples: Optional[Path] = typer.Option(None, "--samples", help="Score an existing NPZ "
                                            "(images uint8 (N,28,28), labels (N,)) instead of "
                                            "sampling a checkpoint.", show_default=False),
@@ -593,16 +622,18 @@ def evaluate(
     from .visualize import plot_guidance_sweep
 
     scales = _guidance_list(guidance, sweep)
+    interval = _interval_option(guidance_interval)
     plot = out_path.with_suffix(".png") if scales is not None and len(scales) > 1 else None
     outputs = {"--out": out_path, "the sweep plot": plot, "--npz": npz}
-    _check_evaluate(outputs, checkpoint, samples, scales, n, batch_size, cas_epochs, npz)
+    _check_evaluate(outputs, checkpoint, samples, scales, n, batch_size, cas_epochs, npz, interval)
     if samples is not None:  # score someone's NPZ: no model needed
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
         images, labels = evaluation.load_npz_samples(samples)
         source, pipe = {"samples": str(samples)}, None
     else:
         pipe, cfg, settings = _evaluation_model(checkpoint, device, ema, outputs, n, scales,
-                                                (sampler, steps, eta, seed), data_dir, dataset)
+                                                (sampler, steps, eta, seed, interval), data_dir,
+                                                dataset)
         source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
                   "step": pipe.info.get("step")}
     batch, k = batch_size or cfg.eval.batch_size, cfg.eval.knn_k
@@ -630,12 +661,14 @@ def evaluate(
 
 def _check_evaluate(outputs: dict, checkpoint: Optional[str], samples: Optional[Path],
                     scales: Optional[list[float]], n: Optional[int], batch_size: Optional[int],
-                    cas_epochs: int, npz: Optional[Path]) -> None:
+                    cas_epochs: int, npz: Optional[Path],
+                    interval: Optional[tuple[float, ...]] = None) -> None:
     """``evaluate``'s option checks, before anything is loaded."""
     check_outputs(outputs, {"--samples": samples, "checkpoint": checkpoint if checkpoint and
                             Path(checkpoint).is_file() else None},
                   suffixes={"--out": (".json",), "--npz": (".npz",)})
-    if samples is not None and (checkpoint is not None or scales is not None or n is not None):
+    if samples is not None and (checkpoint is not None or scales is not None or n is not None
+                                or interval is not None):
         raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
     if n is not None and n < 2:
         raise MnistdiffError(f"--n: got {n}, must be >= 2 (FID needs a covariance)")
@@ -655,11 +688,11 @@ def _evaluation_model(checkpoint: Optional[str], device: str, ema: bool, outputs
     (pipe, config for the data, [Settings per guidance scale])."""
     from .pipeline import load
 
-    sampler, steps, eta, seed = values
+    sampler, steps, eta, seed, interval = values
     pipe = load(checkpoint, device=device, ema=ema)
     check_outputs(outputs, {"checkpoint": pipe.info.get("path")})
     cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
-    settings = [pipe.settings(sampler, steps, w, eta, seed) for w in scales or [None]]
+    settings = [pipe.settings(sampler, steps, w, eta, seed, interval) for w in scales or [None]]
     # All samples and their features are held for scoring: refuse an n that cannot fit.
     check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
                 what=f"{n or pipe.config.eval.n:,} samples and their features")

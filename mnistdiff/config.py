@@ -108,6 +108,9 @@ class SampleConfig:
     steps: int = _f(20, "default sampling steps (<= diffusion.timesteps)", lo=1)
     guidance: float = _f(1.0, "classifier-free guidance scale w (0 = unconditional, "
                               "1 = conditional)", lo=0.0, hi=100.0)
+    guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: guidance only at timesteps t "
+                                        "with lo <= t/(T-1) <= hi, one conditional pass "
+                                        "elsewhere ([0, 1] = every step)", lo=0.0, hi=1.0)
     eta: float = _f(0.0, "DDIM eta (0 = deterministic)", lo=0.0, hi=1.0)
     clip_x0: bool = _f(True, "clip the predicted x0 to [-1, 1] at every step")
     seed: int = _f(0, "sampling seed", lo=0)
@@ -256,6 +259,10 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: got {cfg.sample.steps}, must be <= diffusion.timesteps "
                           f"({cfg.diffusion.timesteps})")
+    interval = cfg.sample.guidance_interval
+    if len(interval) != 2 or interval[0] > interval[1]:
+        raise ConfigError(f"sample.guidance_interval: got {interval}, expected [lo, hi] with "
+                          f"0 <= lo <= hi <= 1")
     levels = len(cfg.model.channels)
     if 28 % (2 ** (levels - 1)) != 0:
         raise ConfigError(f"model.channels: got {levels} levels, but 28x28 images allow at most 3 "

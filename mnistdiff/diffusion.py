@@ -217,7 +217,22 @@ class GuidedEps:
         ε = ε_u + w (ε_c - ε_u),   ε_c = ε(x_t, t, y),  ε_u = ε(x_t, t, null_label)
 
     so w = 0 is unconditional and w = 1 conditional (both then need a single pass). Otherwise
-    the two passes run as one forward on a doubled batch. `nfe` counts the forwards.
+    the two passes run as one forward on a doubled batch.
+
+    ``interval = (lo, hi)`` applies the guidance only in a band of noise levels (Kynkäänniemi et
+    al. 2024, "Applying guidance in a limited interval improves sample and distribution
+    quality"): at timestep t it is used when ``lo <= t / (T - 1) <= hi`` (T the schedule's
+    timesteps, so 1 is pure noise and 0 the last step); elsewhere ε is the conditional ε_c
+    alone (w = 1), one pass on the plain batch. (0, 1) contains every timestep: plain guidance.
+
+    ``t`` is either a Python int (one timestep for the batch: what ``samplers.denoise`` passes;
+    the (B,) tensor is made on the device here, and the interval test is a comparison of Python
+    numbers, so no step waits on the device) or a (B,) tensor (per-image timesteps; then both
+    passes always run and each image gets w or 1 by its own timestep, without reading t back).
+
+    ``nfe`` counts calls (network evaluations per image, a guided step counting one);
+    ``passes`` counts network passes over the batch: 2 for a guided step (the doubled batch),
+    1 for a single pass; the work done is ``passes`` x B images.
     """
 
     def __init__(
@@ -228,10 +243,13 @@ class GuidedEps:
         guidance: float,
         objective: str | Objective = "eps",
         null_label: int = 10,
+        interval: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.model, self.schedule, self.guidance = model, schedule, guidance
         self.objective = get_objective(objective)
-        self.nfe = 0
+        self.interval = (float(interval[0]), float(interval[1]))
+        self.nfe = self.passes = 0
+        self.y = y
         y_null = torch.full_like(y, null_label)
         if guidance == 0:
             self.labels = y_null
@@ -240,15 +258,34 @@ class GuidedEps:
         else:
             self.labels = torch.cat([y, y_null])  # (2B,): conditional half first
 
+    def guides(self, t: int) -> bool:
+        """Whether timestep t gets the guidance: w not 0 or 1 and t in the interval."""
+        lo, hi = self.interval
+        return self.guidance not in (0, 1) and lo <= t / (self.schedule.T - 1) <= hi
+
     def __call__(self, x: Tensor, t: Tensor | int) -> Tensor:
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])  # (B,)
         self.nfe += 1
-        if self.guidance in (0, 1):
-            out = self.model(x, t, self.labels)
+        b = x.shape[0]
+        if isinstance(t, Tensor):
+            t = t.to(x.device).expand(b)  # (B,)
+            weight = self.guidance
+            if self.guidance not in (0, 1) and self.interval != (0.0, 1.0):
+                lo, hi = self.interval
+                u = t / (self.schedule.T - 1)
+                weight = torch.where((u >= lo) & (u <= hi), self.guidance, 1.0).to(x.dtype)
+                weight = weight.view(-1, *[1] * (x.ndim - 1))
+            guided = self.guidance not in (0, 1)
+        else:
+            guided, weight = self.guides(int(t)), self.guidance
+            t = torch.full((b,), int(t), dtype=torch.long, device=x.device)
+        if not guided:
+            labels = self.labels if self.guidance in (0, 1) else self.y
+            out = self.model(x, t, labels)
+            self.passes += 1
         else:
             out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), self.labels).chunk(2)
             # Guiding the raw output is the same as guiding ε: the ε(out) map is affine in out
             # and the guidance weights (1 - w, w) sum to one.
-            out = out_u + self.guidance * (out_c - out_u)
+            out = out_u + weight * (out_c - out_u)
+            self.passes += 2
         return self.objective.eps(self.schedule, out, x, t)
-

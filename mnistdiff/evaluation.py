@@ -342,8 +342,8 @@ def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Refere
     """Sample ``per_class`` images of every class of ``pipe`` (a ``pipeline.Pipeline``) at each
     of ``settings`` (``Pipeline.settings`` results, e.g. a guidance sweep) and score them.
 
-    Returns one report row per setting (``score``'s numbers plus sampler, steps, guidance, eta,
-    seed, nfe, sampling_seconds and seconds_per_100) and the last setting's images and labels
+    Returns one report row per setting (``score``'s numbers plus sampler, steps, guidance,
+    guidance_interval, eta, seed, nfe, passes, sampling_seconds and seconds_per_100) and the last setting's images and labels
     (for an NPZ, the real floor's class histogram and the CAS). ``say(line)`` announces each
     setting; ``batch_size`` is the classifier's, ``sample_batch_size`` the sampler's."""
     classes = list(range(len(pipe.classes)))
@@ -354,8 +354,10 @@ def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Refere
                 f"guidance {s.guidance:g}) ...")
         result = pipe.sample(classes, per_class, settings=s, batch_size=sample_batch_size)
         row = score(result.images, result.labels, reference, k=k, batch_size=batch_size)
-        row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta,
-                   seed=s.seed, nfe=result.nfe, sampling_seconds=result.seconds,
+        row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                   guidance_interval=list(s.guidance_interval), eta=s.eta,
+                   seed=s.seed, nfe=result.nfe, passes=result.passes,
+                   sampling_seconds=result.seconds,
                    seconds_per_100=100 * result.seconds / len(result.images))
         rows.append(row)
         images, labels = result.images, result.labels

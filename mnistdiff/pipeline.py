@@ -49,6 +49,7 @@ class Samples(NamedTuple):
     labels: Tensor  # (N,) int64
     nfe: int  # network evaluations per image (a batched conditional + unconditional pass is one)
     seconds: float
+    passes: int = 0  # network passes per image: 2 per guided step, 1 per unguided one (the work)
 
 
 class Trajectory(NamedTuple):
@@ -67,6 +68,7 @@ class Settings:
     guidance: float
     eta: float
     seed: int
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # see diffusion.GuidedEps
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -99,6 +101,20 @@ def frame_indices(states: int, frames: int) -> list[int]:
     for j in range(frames - 2, -1, -1):  # ... and ending at last (possible since frames <= states)
         idx[j] = min(idx[j], idx[j + 1] - 1)
     return idx
+
+
+def _interval(value: object) -> tuple[float, float]:
+    """A guidance interval (lo, hi) with 0 <= lo <= hi <= 1, as a tuple of floats."""
+    try:
+        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+        ok = (not any(isinstance(v, (bool, str)) for v in value)  # type: ignore[union-attr]
+              and 0 <= lo <= hi <= 1)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise MnistdiffError(f"guidance_interval: got {value!r}, must be two numbers lo, hi with "
+                             f"0 <= lo <= hi <= 1 (fractions of the noise level t / (T - 1))")
+    return lo, hi
 
 
 def _integer(name: str, value: object, lo: int, hi: int | None = None, hint: str = "") -> int:
@@ -134,8 +150,11 @@ class Pipeline:
 
     def settings(self, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None,
-                 seed: int | None = None) -> Settings:
-        """Fill in the checkpoint's defaults and validate; raises MnistdiffError (one line)."""
+                 seed: int | None = None,
+                 guidance_interval: Sequence[float] | None = None) -> Settings:
+        """Fill in the checkpoint's defaults and validate; raises MnistdiffError (one line).
+        ``guidance_interval`` (lo, hi): guidance only at timesteps t with lo <= t / (T - 1) <= hi,
+        a single conditional pass elsewhere (``diffusion.GuidedEps``); (0, 1) is everywhere."""
         d, T = self.config.sample, self.schedule.T
         sampler = d.sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
@@ -155,7 +174,9 @@ class Pipeline:
         if not (isinstance(eta, numbers.Real) and 0 <= eta <= 1):
             raise MnistdiffError(f"eta: got {eta!r}, must be between 0 and 1")
         seed = _integer("seed", d.seed if seed is None else seed, 0, 2**32 - 1)
-        return Settings(sampler, steps, float(guidance), float(eta), seed)
+        interval = _interval(d.guidance_interval if guidance_interval is None
+                             else guidance_interval)
+        return Settings(sampler, steps, float(guidance), float(eta), seed, interval)
 
     def check_digits(self, digits: int | Sequence[int] | Tensor) -> list[int]:
         """The requested class labels as a list; each must be one the model was trained on."""
@@ -172,13 +193,15 @@ class Pipeline:
     # ----------------------------------------------------------------------------- sampling
 
     def _resolve(self, settings: Settings | None, sampler: str | None, steps: int | None,
-                 guidance: float | None, eta: float | None, seed: int | None) -> Settings:
+                 guidance: float | None, eta: float | None, seed: int | None,
+                 guidance_interval: Sequence[float] | None = None) -> Settings:
         """``settings`` as given (already validated by :meth:`settings`), else validate the
         separate arguments; both at once is a programming error."""
         if settings is None:
-            return self.settings(sampler, steps, guidance, eta, seed)
-        if any(v is not None for v in (sampler, steps, guidance, eta, seed)):
-            raise TypeError("give either settings= or sampler/steps/guidance/eta/seed, not both")
+            return self.settings(sampler, steps, guidance, eta, seed, guidance_interval)
+        if any(v is not None for v in (sampler, steps, guidance, eta, seed, guidance_interval)):
+            raise TypeError("give either settings= or sampler/steps/guidance/eta/seed/"
+                            "guidance_interval, not both")
         if not isinstance(settings, Settings):
             raise TypeError(f"settings: expected a Settings (from Pipeline.settings), got "
                             f"{type(settings).__name__}")
@@ -205,23 +228,24 @@ class Pipeline:
 
     def _eps_fn(self, y: Tensor, s: Settings) -> GuidedEps:
         return GuidedEps(self._forward, self.schedule, y, s.guidance, self.objective,
-                         null_label=self.num_classes)
+                         null_label=self.num_classes, interval=s.guidance_interval)
 
     def _denoise(self, x: Tensor, y: Tensor, s: Settings, generators: ImageGenerators,
                  grid: Grid, callback: Callable[[dict], None] | None = None,
-                 eps_fn: Callable | None = None) -> tuple[Tensor, int]:
+                 eps_fn: Callable | None = None) -> tuple[Tensor, int, int]:
         """Run the reverse process from noise x (B, C, 28, 28) for labels y (B,) on the step
-        grid: (x0, NFE). The sampler's own options (ddim's eta) come from the settings."""
+        grid: (x0, NFE, passes). The sampler's own options (ddim's eta) come from the settings."""
         eps_fn = self._eps_fn(y, s) if eps_fn is None else eps_fn
         fn = SAMPLERS[s.sampler]
         x0 = fn(eps_fn, x, grid, generator=generators, callback=callback,
                 clip_x0=self.config.sample.clip_x0, **{k: getattr(s, k) for k in fn.options})
-        return x0, getattr(eps_fn, "nfe", 0)
+        return x0, getattr(eps_fn, "nfe", 0), getattr(eps_fn, "passes", 0)
 
     def sample(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
                settings: Settings | None = None, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, eta: float | None = None,
-               seed: int | None = None, batch_size: int | None = None,
+               seed: int | None = None, guidance_interval: Sequence[float] | None = None,
+               batch_size: int | None = None,
                progress: Callable[[int], None] | None = None) -> Samples:
         """``n`` images of each digit, grouped by digit in the order given.
 
@@ -230,26 +254,29 @@ class Pipeline:
         the number of images it finished. All images are kept: for jobs too large for memory,
         iterate over :meth:`batches` instead.
         """
-        start, images, labels, nfe = time.perf_counter(), [], [], 0
+        start, images, labels, nfe, passes = time.perf_counter(), [], [], 0, 0
         for batch in self.batches(digits, n, settings=settings, sampler=sampler, steps=steps,
-                                  guidance=guidance, eta=eta, seed=seed, batch_size=batch_size):
+                                  guidance=guidance, eta=eta, seed=seed,
+                                  guidance_interval=guidance_interval, batch_size=batch_size):
             images.append(batch.images)
             labels.append(batch.labels)
-            nfe = batch.nfe
+            nfe, passes = batch.nfe, batch.passes
             if progress is not None:
                 progress(len(batch.images))
-        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start)
+        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start,
+                       passes)
 
     def batches(self, digits: int | Sequence[int] | Tensor, n: int = 1, *,
                 settings: Settings | None = None, sampler: str | None = None,
                 steps: int | None = None, guidance: float | None = None,
                 eta: float | None = None, seed: int | None = None,
+                guidance_interval: Sequence[float] | None = None,
                 batch_size: int | None = None) -> Iterator[Samples]:
         """The images of :meth:`sample` one batch at a time (each a ``Samples`` with that batch's
         images, labels, NFE and seconds), so memory stays bounded by ``batch_size`` whatever
         ``n`` is; the concatenated batches equal ``sample``'s result. Validates before any work
         (when the iterator is created, not at the first ``next``)."""
-        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed, guidance_interval)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
         return self._batches(digits, n, s, self._batch_size(batch_size))
@@ -266,20 +293,22 @@ class Pipeline:
             generators = self._generators(s.seed, i, len(y))
             report = None if callback is None else _reporter(
                 callback, batch=b, batches=batches, steps=s.steps, labels=y)
-            x0, nfe = self._denoise(self._noise(generators), y, s, generators, grid, report)
+            x0, nfe, passes = self._denoise(self._noise(generators), y, s, generators, grid,
+                                            report)
             yield Samples(to_uint8(x0).squeeze(1).cpu(), labels[i:i + batch_size], nfe,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, passes)
 
     @torch.inference_mode()
     def trajectory(self, digits: int | Sequence[int] | Tensor, *,
                    settings: Settings | None = None, sampler: str | None = None,
                    steps: int | None = None, guidance: float | None = None,
                    eta: float | None = None, seed: int | None = None,
+                   guidance_interval: Sequence[float] | None = None,
                    frames: int | None = None) -> Trajectory:
         """Snapshots of x along the reverse process for one image of each digit, from the pure
         noise to the final image (see ``frame_indices`` for which of the steps + 1 states).
         Image j is image j of ``sample(digits, 1)`` with the same settings."""
-        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed, guidance_interval)
         digits = self.check_digits(digits)
         states = s.steps + 1  # the noise, then x after each step
         frames = min(states, DEFAULT_FRAMES) if frames is None else frames
@@ -310,6 +339,7 @@ class Pipeline:
                     settings: Settings | None = None, sampler: str | None = None,
                     steps: int | None = None, guidance: float | None = None,
                     eta: float | None = None, seed: int | None = None,
+                    guidance_interval: Sequence[float] | None = None,
                     batch_size: int | None = None,
                     callback: Callable[[dict], None] | None = None) -> Samples:
         """``sample`` that reports every step of every batch (what ``mnistdiff ui`` streams).
@@ -318,21 +348,23 @@ class Pipeline:
         ``"batches"``, ``"steps"`` and the batch's ``"labels"``; it must not change ``x``.
         The images equal ``sample``'s with the same arguments (same images, same generators).
         An exception raised by the callback stops the sampling (a closed page, say)."""
-        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed, guidance_interval)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
-        start, images, labels, nfe = time.perf_counter(), [], [], 0
+        start, images, labels, nfe, passes = time.perf_counter(), [], [], 0, 0
         for batch in self._batches(digits, n, s, self._batch_size(batch_size), callback):
             images.append(batch.images)
             labels.append(batch.labels)
-            nfe = batch.nfe
-        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start)
+            nfe, passes = batch.nfe, batch.passes
+        return Samples(torch.cat(images), torch.cat(labels), nfe, time.perf_counter() - start,
+                       passes)
 
     @torch.inference_mode()
     def inpaint(self, image, mask, digits: int | Sequence[int] | Tensor, n: int = 1, *,
                 settings: Settings | None = None, sampler: str | None = None,
                 steps: int | None = None, guidance: float | None = None,
-                eta: float | None = None, seed: int | None = None, resample: int = 1,
+                eta: float | None = None, seed: int | None = None,
+                guidance_interval: Sequence[float] | None = None, resample: int = 1,
                 batch_size: int | None = None,
                 callback: Callable[[dict], None] | None = None) -> Samples:
         """Complete a partial drawing: ``n`` images of each digit that keep ``image``'s pixels
@@ -349,7 +381,7 @@ class Pipeline:
         ``resample - 1`` more times, which blends the filled-in part with the known one at the
         cost of ``resample`` times the network evaluations. Batches and seeds as in ``sample``;
         ``callback`` as in ``sample_live``."""
-        s = self._resolve(settings, sampler, steps, guidance, eta, seed)
+        s = self._resolve(settings, sampler, steps, guidance, eta, seed, guidance_interval)
         digits = self.check_digits(digits)
         n = _integer("n", n, 1)
         resample = _integer("resample", resample, 1, 20)
@@ -394,10 +426,10 @@ class Pipeline:
                 if report is not None:
                     report(info)
 
-            x0, nfe = self._denoise(x, y, s, generators, grid, replace, eps_fn=eps_fn)
+            x0, nfe, passes = self._denoise(x, y, s, generators, grid, replace, eps_fn=eps_fn)
             x0 = torch.where(keep, known, x0)  # exact, whatever the sampler did on its last step
             images.append(to_uint8(x0).squeeze(1).cpu())
-        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start)
+        return Samples(torch.cat(images), labels, nfe, time.perf_counter() - start, passes)
 
     def _repaint_step(self, eps_fn: Callable, x_s: Tensor, t: int, s: int,
                       generators: ImageGenerators) -> Tensor:
@@ -428,7 +460,9 @@ class Pipeline:
         stochastic), so the first and the last
         frames are ``sample(digit, 1, seed=seed)`` of each end. ``settings`` (from
         :meth:`settings`, eta 0) gives sampler, steps, guidance and the default seed at once."""
+        interval = None
         if settings is not None:
+            interval = settings.guidance_interval
             if any(v is not None for v in (sampler, steps, guidance)):
                 raise TypeError("give either settings= or sampler/steps/guidance, not both")
             if settings.eta != 0:
@@ -446,7 +480,7 @@ class Pipeline:
             raise MnistdiffError(f"morph needs a deterministic sampler: "
                                  f"{' or '.join(deterministic)} (eta 0), not {sampler}")
         a, b = self.check_digits(pair_d * (3 - len(pair_d)))
-        s = self.settings(sampler, steps, guidance, 0.0, pair_s[0])
+        s = self.settings(sampler, steps, guidance, 0.0, pair_s[0], interval)
         sa, sb = (self.settings(seed=v).seed for v in pair_s * (3 - len(pair_s)))
         if (a, sa) == (b, sb):
             raise MnistdiffError(f"morph: both ends are digit {a} with seed {sa}; give two "
@@ -468,7 +502,7 @@ class Pipeline:
                 return eps_a(x, t)
             return (1 - mix) * eps_a(x, t) + mix * eps_b(x, t)
 
-        x0, _ = self._denoise(x, ya, s, self._generators(sa, 0, frames),
+        x0, _, _ = self._denoise(x, ya, s, self._generators(sa, 0, frames),
                               step_grid(self.schedule, s.steps), eps_fn=eps_fn)
         nfe = eps_a.nfe + (eps_b.nfe if eps_b is not eps_a else 0)
         return Morph(to_uint8(x0).squeeze(1).cpu(), alphas, (a, b), (sa, sb), s.sampler, s.steps,

@@ -5,7 +5,10 @@ sampler takes its σ grid):
 
     sampler(eps_fn, x, grid, *, generator=None, callback=None, clip_x0=True, **options) -> x0
 
-- `eps_fn(x_t, t) -> ε` with t an int64 (B,) tensor, e.g. `diffusion.GuidedEps(...)`.
+- `eps_fn(x_t, t) -> ε` with t the step's timestep as a Python int (the whole batch is at one
+  timestep), e.g. `diffusion.GuidedEps(...)`, which makes the (B,) tensor the network takes on
+  the device. An int lets an eps_fn decide per step on the host (GuidedEps's guidance interval)
+  without reading anything back from the device.
 - `x` (B, C, H, W) is the starting noise at t = grid.ts[0] (T-1).
 - `grid` is the step grid, built once by the caller with `step_grid(schedule, steps)`: the
   timesteps (T-1 down to 0) with their (α_t, σ_t) and the clean image's (1, 0) after the last.
@@ -37,7 +40,7 @@ from torch import Tensor
 
 from mnistdiff.diffusion import Schedule
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]
+EpsFn = Callable[[Tensor, int], Tensor]  # eps_fn(x_t, t) -> ε, t a Python int
 Callback = Callable[[dict], None]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {}
@@ -80,9 +83,9 @@ def step_grid(schedule: Schedule, steps: int) -> Grid:
 
 def denoise(eps_fn: EpsFn, x: Tensor, t: int, a_t: float, s_t: float,
             clip_x0: bool) -> tuple[Tensor, Tensor]:
-    """One network evaluation at timestep t (with α_t, σ_t): predicted (x0, ε)."""
-    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    eps = eps_fn(x, t_batch)
+    """One network evaluation at timestep t (with α_t, σ_t): predicted (x0, ε). ``eps_fn``
+    gets t as the Python int (module docstring)."""
+    eps = eps_fn(x, t)
     x0 = (x - s_t * eps) / a_t  # DDPM eq. 4 solved for x0
     if clip_x0:
         x0 = x0.clamp(-1, 1)

@@ -23,7 +23,8 @@ def invoke(*args) -> str:
 def test_evaluate_checkpoint_sweep(tiny_checkpoint, mnist_dir, tmp_path):
     report = tmp_path / "report.json"
     out = invoke("evaluate", "-k", tiny_checkpoint, "--n", 40, "--guidance-sweep", "0,2",
-                 "--steps", 5, "--data-dir", mnist_dir, "--out", report)
+                 "--steps", 5, "--guidance-interval", "0,0.6", "--data-dir", mnist_dir,
+                 "--out", report)
     assert "real (train)" in out
     data = json.loads(report.read_text())
     assert set(REPORT_KEYS) <= set(data)
@@ -31,7 +32,10 @@ def test_evaluate_checkpoint_sweep(tiny_checkpoint, mnist_dir, tmp_path):
     for row in data["results"]:
         assert row["n"] == 40 and row["steps"] == 5 and row["sampler"] == "ddim"
         assert row["nfe"] == 5 and row["fid"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["guidance_interval"] == [0.0, 0.6]
         assert [c["n"] for c in row["per_class"]] == [4] * 10  # balanced across classes
+    # T = 50, 5 steps at t = 49, 37, 24, 12, 0: t / 49 <= 0.6 at three of them
+    assert [r["passes"] for r in data["results"]] == [5, 8]  # w = 0 is one pass everywhere
     assert data["real_floor"]["n"] == 40 and data["real_floor"]["accuracy"] > 0.9
     assert Image.open(report.with_suffix(".png")).size[0] > 100  # the sweep plot
 
@@ -76,6 +80,8 @@ def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
     (["--npz", "x.png"], "so its name must end in .npz"),
     (["--cas-epochs", "0"], "--cas-epochs: got 0"),
     (["--guidance-sweep", "1,2", "--npz", "s.npz"], "--npz saves the samples of one"),
+    (["--guidance-interval", "0.9,0.1"], "guidance_interval: got (0.9, 0.1)"),
+    (["--samples", "missing.npz", "--guidance-interval", "0,0.5"], "--samples scores a file"),
 ])
 def test_evaluate_bad_input(tiny_checkpoint, tmp_path, args, message):
     report = tmp_path / "r.json"

@@ -74,6 +74,21 @@ def test_same_seed_same_bytes(tiny_checkpoint, tmp_path):
         assert np.array_equal(a["images"], b["images"])
 
 
+def test_guidance_interval_option_is_the_python_api(tiny_checkpoint, tmp_path):
+    npz = tmp_path / "s.npz"
+    out = invoke("sample", "-k", tiny_checkpoint, "--digits", "1,6", "--n", 3, "--steps", 10,
+                 "--guidance-interval", "0.3,0.7", "--out", tmp_path / "s.png", "--npz", npz)
+    assert "guidance 2 in t/(T-1) [0.3, 0.7]" in out
+    api = load(tiny_checkpoint, device="cpu").sample([1, 6], n=3, steps=10,
+                                                     guidance_interval=(0.3, 0.7))
+    assert api.passes == 14  # T = 50, 10 steps: 4 of them guided
+    with np.load(npz) as data:
+        assert np.array_equal(data["images"], api.images.numpy())
+    out = invoke("animate", "-k", tiny_checkpoint, "--digits", "0,3", "--steps", 8, "--frames", 3,
+                 "--guidance-interval", "0,0.5", "--out", tmp_path / "d.gif")
+    assert "guidance 2 in t/(T-1) [0, 0.5]" in out
+
+
 def test_animate_writes_the_requested_frames(tiny_checkpoint, tmp_path):
     gif, strip = tmp_path / "d.gif", tmp_path / "strip.png"
     out = invoke("animate", "-k", tiny_checkpoint, "--digits", "0,3", "--steps", 8, "--frames", 5,
@@ -145,6 +160,11 @@ BAD = [
     (["animate", "--hold", "inf"], "--hold: got inf"),
     (["sample", "--n", "100000000"], "images need about"),
     (["sample", "--n", "2000", "--digit", "3"], "the grid shows at most 1024 images per digit"),
+    # issue 10
+    (["sample", "--guidance-interval", "0.5"], "--guidance-interval: expected two comma-separated"),
+    (["sample", "--guidance-interval", "a,b"], "--guidance-interval: expected two comma-separated"),
+    (["sample", "--guidance-interval", "0.8,0.2"], "guidance_interval: got (0.8, 0.2), must be"),
+    (["animate", "--guidance-interval", "0,2"], "guidance_interval: got (0.0, 2.0), must be"),
 ]
 
 

@@ -68,6 +68,17 @@ def test_overrides():
     (["model.dropout=.nan"], "model.dropout: got nan, must be a finite number"),
     (["sample.guidance=.inf"], "sample.guidance: got inf, must be a finite number"),
     (["sample.eta=.nan"], "sample.eta: got nan, must be a finite number"),
+    # issue 10: the guidance interval
+    (["sample.guidance_interval=[0.2]"], "sample.guidance_interval: got [0.2], expected [lo, hi] "
+                                         "with 0 <= lo <= hi <= 1"),
+    (["sample.guidance_interval=[0.1,0.5,0.9]"], "sample.guidance_interval: got [0.1, 0.5, 0.9]"),
+    (["sample.guidance_interval=[0.8,0.2]"], "sample.guidance_interval: got [0.8, 0.2], expected"),
+    (["sample.guidance_interval=[0,1.5]"], "sample.guidance_interval: got [0, 1.5], must be <= 1.0"),
+    (["sample.guidance_interval=[-0.1,1]"], "sample.guidance_interval: got [-0.1, 1], must be >= 0.0"),
+    (["sample.guidance_interval=[0,.nan]"], "sample.guidance_interval: got [0, nan], must be a finite"),
+    (["sample.guidance_interval=0.5"], "sample.guidance_interval: got 0.5, expected a non-empty list of "
+                                       "numbers"),
+    (["sample.guidance_interval=[a,b]"], "sample.guidance_interval: got ['a', 'b'], expected a"),
 ])
 def test_validation_errors(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -148,3 +159,11 @@ def test_the_config_module_stays_free_of_torch():
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_the_guidance_interval_defaults_to_every_step():
+    assert load_config(None).sample.guidance_interval == [0.0, 1.0]
+    assert load_config(None, ["sample.guidance_interval=[0.1,0.8]"]).sample.guidance_interval == [0.1, 0.8]
+    assert load_config(None, ["sample.guidance_interval=[0.3,0.3]"]).sample.guidance_interval == [0.3, 0.3]
+    # a config (or checkpoint) written before the field existed reads as every step
+    assert config_from_dict({"sample": {"guidance": 2.0}}).sample.guidance_interval == [0.0, 1.0]

@@ -246,3 +246,45 @@ def test_guided_eps_broadcasts_a_scalar_timestep(cfg_inputs):
     s, x, _, y = cfg_inputs
     eps_fn = GuidedEps(LabelModel(), s, y, 2.0)
     torch.testing.assert_close(eps_fn(x, 42), eps_fn(x, torch.full((4,), 42)))
+
+
+# ---------------------------------------------------------------- guidance interval (issue 10)
+
+
+def test_guidance_interval_guides_only_inside(cfg_inputs):
+    """At an int timestep inside [lo, hi] (as t / (T - 1)) the guided ε, outside the conditional ε
+    from one pass on the plain batch; `passes` counts the batch passes, `nfe` the calls."""
+    s, x, _, y = cfg_inputs  # T = 100: t / 99
+    model, w = LabelModel(), 3.0
+    plain = GuidedEps(model, s, y, w, null_label=NULL)
+    cond = GuidedEps(model, s, y, 1.0, null_label=NULL)
+    banded = GuidedEps(model, s, y, w, null_label=NULL, interval=(0.2, 0.6))
+    for t in (99, 60, 59, 20, 19, 0):
+        inside = 0.2 <= t / 99 <= 0.6
+        assert banded.guides(t) == inside
+        model.batch_sizes.clear()
+        got = banded(x, t)
+        assert model.batch_sizes == [8 if inside else 4]
+        assert torch.equal(got, (plain if inside else cond)(x, t))
+    assert banded.nfe == 6 and banded.passes == 2 + 2 + 1 + 1 + 1 + 1  # 59 and 20 inside
+    assert plain.passes == 2 * plain.nfe and cond.passes == cond.nfe
+
+
+def test_guidance_interval_with_per_image_timesteps(cfg_inputs):
+    """A (B,) tensor t: both passes run, each image gets w or 1 by its own timestep."""
+    s, x, t, y = cfg_inputs  # t = 3, 70, 70, 99: 3/99 and 99/99 outside [0.5, 0.8], 70/99 inside
+    model, w = LabelModel(), 3.0
+    got = GuidedEps(model, s, y, w, null_label=NULL, interval=(0.5, 0.8))(x, t)
+    guided = GuidedEps(model, s, y, w, null_label=NULL)(x, t)
+    cond = GuidedEps(model, s, y, 1.0, null_label=NULL)(x, t)
+    inside = torch.tensor([False, True, True, False])
+    torch.testing.assert_close(got[inside], guided[inside])
+    torch.testing.assert_close(got[~inside], cond[~inside])
+
+
+def test_the_default_interval_is_plain_guidance(cfg_inputs):
+    s, x, t, y = cfg_inputs
+    model = LabelModel()
+    for tt in (t, 0, 57, 99):
+        assert torch.equal(GuidedEps(model, s, y, 2.5, null_label=NULL)(x, tt),
+                           GuidedEps(model, s, y, 2.5, null_label=NULL, interval=(0, 1))(x, tt))

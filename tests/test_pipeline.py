@@ -13,7 +13,7 @@ from mnistdiff.config import load_config
 from mnistdiff.data import to_uint8
 from mnistdiff.errors import CheckpointError, MnistdiffError
 from mnistdiff.pipeline import Pipeline, frame_indices, load, resolve_device, summarize
-from mnistdiff.samplers import step_grid
+from mnistdiff.samplers import SAMPLERS, step_grid
 from mnistdiff.seeding import ImageGenerators, mix_seed
 from mnistdiff.unet import ConditionalUNet, count_parameters
 
@@ -78,7 +78,7 @@ def test_each_image_is_seeded_by_its_index(pipe):
         assert torch.equal(ImageGenerators([mix_seed(s.seed, i)]).randn((1, 1, 28, 28)),
                            torch.randn((1, 1, 28, 28), generator=g))
         gens = ImageGenerators([mix_seed(s.seed, i)])
-        x0, _ = pipe._denoise(pipe._noise(gens), out.labels[i:i + 1], s, gens, grid)
+        x0, *_ = pipe._denoise(pipe._noise(gens), out.labels[i:i + 1], s, gens, grid)
         assert (to_uint8(x0).squeeze(1).int() - out.images[i:i + 1].int()).abs().max() <= 1
 
 
@@ -197,3 +197,63 @@ def test_summary_counts_match_the_model(pipe):
     assert s["mult_adds_per_image"] > 28 * 28 * 8 * 10
     assert s["sampler_defaults"] == {"sampler": "ddim", "steps": 10, "guidance": 2.0}
     assert s["checkpoint"] is None
+
+
+# ---------------------------------------------------------------- guidance interval (issue 10)
+
+
+def _before_issue_10(pipe, digits, n, s):
+    """The images as sampled before the guidance interval existed: the old GuidedEps (both
+    passes at every step, one doubled forward, t a (B,) tensor) on the same noise and grid."""
+    y = torch.tensor(digits).repeat_interleave(n)
+    null = torch.full_like(y, pipe.num_classes)
+
+    def eps_fn(x, t):
+        t = torch.full((x.shape[0],), t, dtype=torch.long)
+        out_c, out_u = pipe._forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        return pipe.objective.eps(pipe.schedule, out_u + s.guidance * (out_c - out_u), x, t)
+
+    gens = pipe._generators(s.seed, 0, len(y))
+    fn = SAMPLERS[s.sampler]
+    with torch.inference_mode():
+        x0 = fn(eps_fn, pipe._noise(gens), step_grid(pipe.schedule, s.steps), generator=gens,
+                clip_x0=pipe.config.sample.clip_x0, **{k: getattr(s, k) for k in fn.options})
+    return to_uint8(x0).squeeze(1)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp"])
+def test_the_default_interval_gives_the_same_images_as_before(pipe, sampler):
+    s = pipe.settings(sampler=sampler, steps=6, seed=5)
+    assert s.guidance_interval == (0.0, 1.0) and s.guidance == 2.0
+    out = pipe.sample([1, 4, 9], n=2, settings=s, batch_size=6)
+    assert torch.equal(out.images, _before_issue_10(pipe, [1, 4, 9], 2, s))
+    assert out.nfe == 6 and out.passes == 12
+
+
+def test_guidance_interval_ends(pipe):
+    """T = 50, 10 steps at t = 49, 44, 38, 33, 27, 22, 16, 11, 5, 0 (t / 49 = 1 ... 0)."""
+    kw = dict(digits=[0, 3, 7], n=2, sampler="dpmpp", steps=10, seed=2)
+    plain = pipe.sample(**kw)
+    assert (plain.nfe, plain.passes) == (10, 20)
+    every = pipe.sample(**kw, guidance_interval=(0.0, 1.0))
+    assert torch.equal(every.images, plain.images) and every.passes == 20
+    # [0.5, 0.5] holds t = 24.5, no step: a single conditional pass everywhere = guidance 1
+    none = pipe.sample(**kw, guidance_interval=(0.5, 0.5))
+    cond = pipe.sample(**kw, guidance=1.0)
+    assert torch.equal(none.images, cond.images) and (none.nfe, none.passes) == (10, 10)
+    some = pipe.sample(**kw, guidance_interval=(0.3, 0.7))  # t = 33, 27, 22, 16: 4 guided steps
+    assert (some.nfe, some.passes) == (10, 14)
+    assert not torch.equal(some.images, plain.images) and not torch.equal(some.images, cond.images)
+    s = pipe.settings(sampler="dpmpp", steps=10, seed=2, guidance_interval=[0.3, 0.7])
+    assert s.guidance_interval == (0.3, 0.7)
+    assert torch.equal(pipe.sample([0, 3, 7], 2, settings=s).images, some.images)
+    traj = pipe.trajectory([0, 3, 7], settings=s, frames=11)
+    assert torch.equal(traj.frames[-1], pipe.sample([0, 3, 7], 1, settings=s).images)
+
+
+@pytest.mark.parametrize("bad", [(0.5,), (0.1, 0.5, 0.9), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5),
+                                 (0.0, float("nan")), "0,1", None.__class__, (True, 1.0)])
+def test_bad_guidance_intervals_are_refused(pipe, bad):
+    with pytest.raises(MnistdiffError, match="guidance_interval: got .* must be two numbers lo, hi "
+                                             "with 0 <= lo <= hi <= 1"):
+        pipe.settings(guidance_interval=bad)
