@@ -1,5 +1,6 @@
 """The sampling pipeline: defaults, validation, determinism, trajectories, loading, summaries."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -257,3 +258,41 @@ def test_bad_guidance_intervals_are_refused(pipe, bad):
     with pytest.raises(MnistdiffError, match="guidance_interval: got .* must be two numbers lo, hi "
                                              "with 0 <= lo <= hi <= 1"):
         pipe.settings(guidance_interval=bad)
+
+
+# ---------------------------------------------------------------- fast paths (issue 10)
+
+
+def _same_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> None:
+    """uint8 images equal up to float rounding: a pixel may move by one level, rarely."""
+    d = (a.int() - b.int()).abs()
+    assert d.max() <= 1 and d.gt(0).float().mean() < 0.01
+
+
+def test_channels_last_gives_the_plain_images(pipe):
+    fast = Pipeline(copy.deepcopy(pipe.model), pipe.config, device="cpu", channels_last=True)
+    plain = Pipeline(copy.deepcopy(pipe.model), pipe.config, device="cpu", channels_last=False)
+    assert fast.channels_last and not plain.channels_last
+    assert pipe.channels_last  # the default on a CPU
+    assert plain.model.stem.weight.is_contiguous()
+    assert fast.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    for kw in (dict(sampler="dpmpp", steps=6), dict(sampler="ddpm", steps=5),
+               dict(sampler="ddim", steps=4, guidance_interval=(0.3, 0.7))):
+        a = fast.sample([0, 5, 9], n=3, seed=1, **kw)
+        b = plain.sample([0, 5, 9], n=3, seed=1, **kw)
+        _same_up_to_rounding(a.images, b.images)
+        assert (a.nfe, a.passes) == (b.nfe, b.passes)
+    x, t, y = torch.randn(4, 1, 28, 28), torch.full((4,), 7), torch.arange(4)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast._forward(x, t, y), plain._forward(x, t, y),
+                                   rtol=1e-4, atol=1e-5)
+        assert fast._forward(x, t, y).is_contiguous()
+
+
+@pytest.mark.slow
+def test_compiled_sampling_gives_the_plain_images(pipe):
+    """torch.compile of the network (inductor: fused kernels); a minute or two on a CPU."""
+    fast = Pipeline(copy.deepcopy(pipe.model), pipe.config, device="cpu", compile=True,
+                    channels_last=True)
+    kw = dict(sampler="dpmpp", steps=4, seed=3)
+    _same_up_to_rounding(fast.sample([2, 7], n=2, **kw).images, pipe.sample([2, 7], n=2, **kw).images)
