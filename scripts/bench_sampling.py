@@ -1,114 +1,355 @@
-"""Benchmark sampling: seconds per 100 digits and network forwards per second for each sampler.
+"""One sampling benchmark, one table (issue 10): the seed recipe against the bundled model.
 
-Guidance is on (w = 2 by default), so every forward runs the conditional and unconditional
-passes as one doubled batch. The model has random weights: speed does not depend on them.
+Every row is timed through the public API (``Pipeline.sample``), so the numbers are what users
+get, on the current device, each row in a fresh subprocess (its own peak memory, no caches
+shared between rows):
 
-    python scripts/bench_sampling.py                         # full-size U-Net, best device
-    python scripts/bench_sampling.py --device cuda --amp     # bfloat16 autocast
-    python scripts/bench_sampling.py --device cpu --channels 16,32 --n 10 --json
+    seed-ddpm500      the seed notebook's recipe: U-Net 64/128/256 with 128-d embeddings, one
+                      two-conv residual block per level, no attention (configs/seed.yaml, random
+                      weights: speed does not depend on them), 500-step DDPM on the linear
+                      T = 500 schedule, no guidance, on the plain path (no channels_last, as the
+                      seed ran). On a CPU 500 steps of 100 digits take many minutes, so
+                      --seed-steps K times K of its 500 identical steps and scales by 500 / K
+                      (default: 50 on a CPU, all 500 on CUDA; the table says so).
+    mnist-plain       the bundled model at its defaults on the plain path (channels_last off):
+                      what the fast path below gains
+    mnist             the bundled model at its checkpoint's defaults (dpmpp, 20 steps,
+                      w = 1.75), as users get it (Pipeline defaults: channels_last on a CPU)
+    mnist-10          the <= 10-step setting: dpmpp 10 steps, the same guidance
+    mnist-interval    the default with guidance only inside --interval (diffusion.GuidedEps):
+                      a single conditional pass at the other steps
+    mnist-10-interval the 10-step setting with that interval
+    mnist-compile     the default with torch.compile (Pipeline(compile=True)); its warm-up
+                      (the compilation) is in the JSON as warmup_seconds
+    student           --student PATH (a distilled checkpoint) at its own stored sampler,
+                      steps and guidance (Pipeline defaults)
+
+Columns: NFE (network evaluations per image; a guided step is one) and passes (network passes
+per image: a guided step costs 2); s / 100 digits (batch 100, 10 of each digit; the median of
+--repeats runs after one warm-up run); images/s at batch 1,000 (one run after a short warm-up;
+--skip-batch1000 omits it); peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the peak
+resident set size of the row's process while sampling, reset before each phase through
+/proc/self/clear_refs, shown as the increase over the process's size before sampling; the
+JSON also has the absolute peak); ratio = seed s / 100 digits over the row's (the speed-up).
+The CPU targets of issue 10 are shown next to the rows they apply to.
+
+    python scripts/bench_sampling.py                                 # every row, best device
+    python scripts/bench_sampling.py --device cpu --threads 2 --json bench.json
+    python scripts/bench_sampling.py --student runs/distill-mnist-4 --rows seed-ddpm500,mnist,student
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from mnistdiff.diffusion import GuidedEps, make_schedule
-from mnistdiff.samplers import SAMPLERS, step_grid
-from mnistdiff.unet import ConditionalUNet
-
-DEFAULT_RUNS = "ddpm:500,ddpm:100,ddim:50,ddim:20,dpmpp:20,dpmpp:10"
+ROOT = Path(__file__).resolve().parents[1]
+SEED_CONFIG = ROOT / "configs" / "seed.yaml"
+SEED_PARAMETERS = 4.5e6  # what the seed notebook states
+ROWS = ["seed-ddpm500", "mnist-plain", "mnist", "mnist-10", "mnist-interval", "mnist-10-interval",
+        "mnist-compile", "student"]
+TARGETS = {"mnist": 100, "mnist-10": 200, "student": 500}  # CPU, x the seed's speed (issue 10)
+DEFAULT_INTERVAL = "0.16,0.78"  # EDM2's guidance interval, sigma in (0.28, 2.9], on the bundled cosine T=250
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Benchmark mnistdiff samplers.")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--channels", default="64,128,256", help="comma-separated U-Net widths per level")
-    p.add_argument("--num-res-blocks", type=int, default=2)
-    p.add_argument("--emb-dim", type=int, default=128)
-    p.add_argument("--timesteps", type=int, default=500, help="diffusion steps T (linear schedule)")
-    p.add_argument("--runs", default=DEFAULT_RUNS, help="comma-separated sampler:steps pairs")
-    p.add_argument("--n", type=int, default=100, help="digits sampled per run")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--guidance", type=float, default=2.0)
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args()
-
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
-    if args.amp and args.device != "cuda":
-        p.error("--amp needs --device cuda")
-    args.channels = tuple(int(c) for c in args.channels.split(","))
-    args.runs = [(name, int(steps)) for name, steps in (run.split(":") for run in args.runs.split(","))]
-    for name, steps in args.runs:
-        if name not in SAMPLERS or not 1 <= steps <= args.timesteps:
-            p.error(f"bad run {name}:{steps}: samplers are {sorted(SAMPLERS)}, steps 1..{args.timesteps}")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark sampling: the seed recipe against the "
+                                "bundled model (issue 10).",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n")[1])
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads in every row (default: torch's own choice)")
+    p.add_argument("--rows", default=None, help=f"comma-separated rows (default: all of "
+                   f"{','.join(ROWS)}; student only with --student)")
+    p.add_argument("--student", default=None, metavar="PATH",
+                   help="a distilled checkpoint (file or run folder), sampled at its own defaults")
+    p.add_argument("--checkpoint", default="mnist", help="the model of the mnist rows")
+    p.add_argument("--interval", default=DEFAULT_INTERVAL, metavar="LO,HI",
+                   help="the guidance interval of the *-interval rows (fractions t/(T-1))")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of 100 digits per row")
+    p.add_argument("--seed-steps", type=int, default=None, metavar="K",
+                   help="time K of the seed's 500 steps and scale by 500/K (default: 50 on a "
+                        "CPU, 500 on CUDA); its batch-1000 run times max(1, K // 10) steps")
+    p.add_argument("--skip-batch1000", action="store_true", help="omit the images/s at batch 1000")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--row", default=None, help=argparse.SUPPRESS)  # a child process: one row
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    if args.seed_steps is not None and not 1 <= args.seed_steps <= 500:
+        p.error("--seed-steps must be between 1 and 500")
+    try:
+        lo, hi = (float(v) for v in args.interval.split(","))
+    except ValueError:
+        p.error(f"--interval: expected LO,HI like {DEFAULT_INTERVAL}")
+    args.interval = (lo, hi)
+    rows = ROWS if args.rows is None else args.rows.split(",")
+    if any(r not in ROWS for r in rows):
+        p.error(f"--rows: rows are {', '.join(ROWS)}")
+    if "student" in rows and args.student is None:
+        if args.rows is not None:
+            p.error("the student row needs --student PATH")
+        rows = [r for r in rows if r != "student"]
+    args.rows = rows
     return args
 
 
-def sample_all(model, schedule, name: str, steps: int, args: argparse.Namespace, seed: int = 0) -> int:
-    """Sample args.n digits (labels 0..9 repeated) in batches; returns the number of forwards."""
-    generator = torch.Generator(args.device).manual_seed(seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp else contextlib.nullcontext()
-    forwards, grid = 0, step_grid(schedule, steps)  # one step grid for every batch
-    for first in range(0, args.n, args.batch_size):
-        b = min(args.batch_size, args.n - first)
-        y = torch.arange(first, first + b, device=args.device) % 10
-        x = torch.randn(b, 1, 28, 28, generator=generator, device=args.device)
-        eps_fn = GuidedEps(model, schedule, y, args.guidance)
-        with autocast:
-            SAMPLERS[name](eps_fn, x, grid, generator=generator)
-        forwards += eps_fn.nfe
-    return forwards
+# ----------------------------------------------------------------------------- one row (child)
+
+def _rss_kib(field: str) -> int | None:
+    """VmRSS / VmHWM of this process in KiB (Linux), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+class PeakMemory:
+    """Peak memory of one phase: CUDA's allocator peak, or the CPU process's peak RSS (reset
+    through /proc/self/clear_refs; where that is unavailable, the process's lifetime peak)."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+        self.base = _rss_kib("VmRSS") or 0
+
+    def stop(self) -> dict:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            return {"kind": "cuda max_memory_allocated", "peak_mb": peak / 2**20,
+                    "increase_mb": (peak - self.base) / 2**20}
+        hwm = _rss_kib("VmHWM") if self.resettable else None
+        if hwm is None:  # no /proc: the lifetime peak (ru_maxrss is KiB on Linux, bytes on macOS)
+            scale = 1 if sys.platform != "darwin" else 1 / 1024
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return {"kind": "cpu peak RSS" + ("" if self.resettable else " (process lifetime)"),
+                "peak_mb": hwm / 1024, "increase_mb": (hwm - self.base) / 1024}
 
 
-def main() -> None:
-    args = parse_args()
-    model = ConditionalUNet(channels=args.channels, num_res_blocks=args.num_res_blocks, emb_dim=args.emb_dim)
-    model = model.to(args.device).eval()
-    schedule = make_schedule("linear", args.timesteps, device=args.device)
-    sample_all(model, schedule, "ddim", 2, args)  # warm-up: kernels, allocator, autotuning
+def _synchronize(device) -> None:
+    import torch
 
-    results = []
-    for name, steps in args.runs:
-        synchronize(args.device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_row(name: str, args: argparse.Namespace):
+    """(pipeline, settings, steps timed of the full count or None, description) of a row."""
+    import torch
+
+    import mnistdiff
+    from mnistdiff.config import load_config
+    from mnistdiff.pipeline import Pipeline, resolve_device
+    from mnistdiff.unet import ConditionalUNet
+
+    device = resolve_device(args.device)
+    if name == "seed-ddpm500":
+        cfg = load_config(SEED_CONFIG)
+        torch.manual_seed(0)
+        pipe = Pipeline(ConditionalUNet(**vars(cfg.model)), cfg, device=device,
+                        channels_last=False)
+        full = cfg.sample.steps  # 500
+        k = args.seed_steps or (full if device.type == "cuda" else 50)
+        return pipe, pipe.settings(steps=k), full, "seed recipe (random weights)"
+    if name == "student":
+        pipe = mnistdiff.load(args.student, device=device)
+        return pipe, pipe.settings(), None, f"student {args.student}"
+    options = {"mnist-plain": {"channels_last": False}, "mnist-compile": {"compile": True}}
+    pipe = mnistdiff.load(args.checkpoint, device=device, **options.get(name, {}))
+    kw = {"steps": 10, "sampler": "dpmpp"} if name.startswith("mnist-10") else {}
+    if name.endswith("-interval"):
+        kw["guidance_interval"] = args.interval
+    return pipe, pipe.settings(**kw), None, args.checkpoint
+
+
+def run_row(name: str, args: argparse.Namespace) -> dict:
+    import torch
+
+    from mnistdiff.unet import count_parameters
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe, s, full, what = build_row(name, args)
+    digits = list(range(len(pipe.classes)))
+    scale = 1.0 if full is None else full / s.steps
+    memory = PeakMemory(pipe.device)
+    row = {"row": name, "model": what, "parameters": count_parameters(pipe.model),
+           "sampler": s.sampler, "steps": full or s.steps, "guidance": s.guidance,
+           "guidance_interval": list(s.guidance_interval),
+           "fast_paths": [o for o in ("channels_last", "compiled") if getattr(pipe, o, False)],
+           "steps_timed": s.steps, "time_scale": scale}
+
+    def timed(per_digit: int, batch: int, settings) -> tuple[float, object]:
+        _synchronize(pipe.device)
         start = time.perf_counter()
-        forwards = sample_all(model, schedule, name, steps, args)
-        synchronize(args.device)
-        seconds = time.perf_counter() - start
-        results.append(dict(sampler=name, steps=steps, digits=args.n, forwards=forwards, seconds=seconds,
-                            seconds_per_100=seconds * 100 / args.n, forwards_per_second=forwards / seconds))
+        out = pipe.sample(digits, per_digit, settings=settings, batch_size=batch)
+        _synchronize(pipe.device)
+        return time.perf_counter() - start, out
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    setup = dict(device=device_name, torch=torch.__version__, amp=args.amp, batch_size=args.batch_size,
-                 guidance=args.guidance, timesteps=args.timesteps, channels=list(args.channels),
-                 num_res_blocks=args.num_res_blocks, emb_dim=args.emb_dim,
-                 parameters=sum(p.numel() for p in model.parameters()))
-    if args.json:
-        print(json.dumps({"setup": setup, "results": results}, indent=2))
+    memory.start()
+    start = time.perf_counter()
+    _, out = timed(10, 100, s)  # warm-up (and compilation, for --fast compile)
+    row["warmup_seconds"] = time.perf_counter() - start
+    runs = [timed(10, 100, s)[0] for _ in range(args.repeats)]
+    row["memory_100"] = memory.stop()
+    row.update(nfe=round(out.nfe * scale), passes=round(out.passes * scale),
+               runs_seconds=runs, seconds_per_100=statistics.median(runs) * scale)
+    if not args.skip_batch1000:
+        s1000 = s
+        if full is not None:  # the seed: max(1, K // 10) of its steps at batch 1000
+            s1000 = pipe.settings(steps=max(1, s.steps // 10))
+        memory.start()
+        warm = pipe.settings(**{**vars(s1000), "steps": min(3, s1000.steps)})
+        timed(100, 1000, warm)  # new shapes: oneDNN primitives, compilation
+        seconds, _ = timed(100, 1000, s1000)
+        row["memory_1000"] = memory.stop()
+        scale1000 = 1.0 if full is None else full / s1000.steps
+        row.update(steps_timed_1000=s1000.steps, seconds_1000=seconds * scale1000,
+                   images_per_second_1000=1000 / (seconds * scale1000))
+    return row
+
+
+# ----------------------------------------------------------------------------- the table (parent)
+
+def child_args(args: argparse.Namespace, row: str) -> list[str]:
+    out = [sys.executable, str(Path(__file__).resolve()), "--row", row, "--device", args.device,
+           "--checkpoint", args.checkpoint, "--interval", ",".join(map(str, args.interval)),
+           "--repeats", str(args.repeats)]
+    for flag, value in (("--threads", args.threads), ("--seed-steps", args.seed_steps),
+                        ("--student", args.student)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--skip-batch1000"] if args.skip_batch1000 else [])
+
+
+def setup_info(args: argparse.Namespace) -> dict:
+    import torch
+
+    from mnistdiff.pipeline import resolve_device
+
+    device = resolve_device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        platform.processor() or platform.machine())
+    if device.type == "cpu":
+        try:
+            name = next(line.split(":", 1)[1].strip() for line in
+                        Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return {"device": str(device), "device_name": name, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+            "repeats": args.repeats, "interval": list(args.interval),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+
+
+def print_table(setup: dict, rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(f"device {setup['device']} ({setup['device_name']}), torch {setup['torch']}, "
+                  f"{setup['torch_threads']} torch threads, {setup['cpu_count']} CPUs, load "
+                  f"average {setup['load_average']}", highlight=False)
+    table = Table(title="sampling speed (issue 10)")
+    for column in ("row", "sampler", "NFE", "passes", "s / 100 digits", "images/s @1000",
+                   "peak mem +MB (100 / 1000)", "x seed", "CPU target"):
+        table.add_column(column, justify="left" if column in ("row", "sampler") else "right")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["row"], f"[red]{r['error']}[/red]", *[""] * 7)
+            continue
+        what = f"{r['sampler']} {r['steps']}, w {r['guidance']:g}"
+        if r["guidance_interval"] != [0.0, 1.0]:
+            what += f" in [{r['guidance_interval'][0]:g}, {r['guidance_interval'][1]:g}]"
+        what += "".join(f", {o.replace('_', ' ')}" for o in r["fast_paths"])
+        s100 = f"{r['seconds_per_100']:.2f}"
+        if r["time_scale"] != 1:
+            s100 += f" ({r['steps_timed']} of {r['steps']} steps x{r['time_scale']:g})"
+        ips = "" if "images_per_second_1000" not in r else f"{r['images_per_second_1000']:.1f}"
+        if ips and r["time_scale"] != 1:
+            ips += f" ({r['steps_timed_1000']} steps)"
+        mem = f"{r['memory_100']['increase_mb']:.0f}"
+        if "memory_1000" in r:
+            mem += f" / {r['memory_1000']['increase_mb']:.0f}"
+        ratio = "" if r.get("ratio") is None else f"{r['ratio']:.1f}x"
+        target = "" if r["row"] not in TARGETS else (
+            f">= {TARGETS[r['row']]}x " + ("" if r.get("ratio") is None else
+                                           ("met" if r["ratio"] >= TARGETS[r["row"]] else "missed")))
+        table.add_row(r["row"], what, str(r["nfe"]), str(r["passes"]), s100, ips, mem, ratio, target)
+    console.print(table)
+    seed = next((r for r in rows if r["row"] == "seed-ddpm500" and "error" not in r), None)
+    if seed is not None:
+        console.print(f"seed U-Net: {seed['parameters']:,} parameters; the seed states ~4.5 M, "
+                      f"which no ConditionalUNet of its layout reaches (README). The two 7x7 "
+                      f"middle blocks hold 2.5 M of them and 14 % of the 854 M multiply-"
+                      f"accumulates per image, so a 4.5 M seed net would likely run ~15 % "
+                      f"faster per step: the ratios may flatter us by about that much.",
+                      highlight=False)
+        if abs(seed["parameters"] - SEED_PARAMETERS) / SEED_PARAMETERS > 0.1:
+            seed["note"] = "parameters differ from the seed's stated ~4.5 M (see the table's note)"
+    console.print(f"peak mem: {rows[0]['memory_100']['kind'] if rows and 'memory_100' in rows[0] else ''}, "
+                  f"increase over the row's process before sampling (JSON: absolute peak too).",
+                  highlight=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.row is not None:  # a child: one row, as one JSON line
+        print("BENCH_ROW " + json.dumps(run_row(args.row, args)), flush=True)
         return
-
-    table = Table(title=", ".join(f"{k}={v}" for k, v in setup.items()))
-    for column in ("sampler", "steps", "forwards", "seconds", "s / 100 digits", "forwards / s"):
-        table.add_column(column, justify="left" if column == "sampler" else "right")
-    for r in results:
-        table.add_row(r["sampler"], str(r["steps"]), str(r["forwards"]), f"{r['seconds']:.2f}",
-                      f"{r['seconds_per_100']:.2f}", f"{r['forwards_per_second']:.1f}")
-    Console().print(table)
+    setup = setup_info(args)
+    rows = []
+    for name in args.rows:
+        print(f"{name} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(child_args(args, name), capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(ROOT), os.environ.get("PYTHONPATH", "")])})
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_ROW ")), None)
+        if proc.returncode != 0 or line is None:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"{name} failed: {tail}", file=sys.stderr)
+            rows.append({"row": name, "error": tail[:120]})
+            continue
+        rows.append(json.loads(line[len("BENCH_ROW "):]))
+    seed = next((r for r in rows if r["row"] == "seed-ddpm500" and "error" not in r), None)
+    for r in rows:
+        if "error" not in r:
+            r["ratio"] = None if seed is None else seed["seconds_per_100"] / r["seconds_per_100"]
+    print_table(setup, rows)
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
