@@ -541,7 +541,10 @@ def _summary_facts(summary: dict, info: Optional[dict], cfg: Config) -> Table:
         "multiply-accumulates": f"{summary['mult_adds_per_image'] / 1e6:,.1f} M per image and step",
         "dataset": summary["dataset"],
         "diffusion": f"{d['schedule']} schedule, T = {d['timesteps']}, predicts {d['objective']}",
-        "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}",
+        "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}"
+                            + ("" if list(sd["guidance_interval"]) == [0.0, 1.0] else
+                               f" in t/(T-1) [{sd['guidance_interval'][0]:g}, "
+                               f"{sd['guidance_interval'][1]:g}]"),
     }
     if info is not None:
         ema_text = (f"yes (decay {summary['ema_decay']:g}, half-life at most "

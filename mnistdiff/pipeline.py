@@ -666,7 +666,8 @@ def summarize(model: nn.Module, config: Config, info: dict | None = None, depth:
         "model": dataclasses.asdict(config.model),
         "dataset": config.data.dataset,
         "diffusion": {"schedule": d.schedule, "timesteps": d.timesteps, "objective": d.objective},
-        "sampler_defaults": {k: getattr(config.sample, k) for k in ("sampler", "steps", "guidance")},
+        "sampler_defaults": {k: getattr(config.sample, k) for k in ("sampler", "steps", "guidance",
+                                                                    "guidance_interval")},
         "ema_decay": train.ema_decay,
         "checkpoint": info,
     }

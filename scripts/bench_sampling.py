@@ -296,7 +296,7 @@ def print_table(setup: dict, rows: list[dict]) -> None:
         s100 = f"{r['seconds_per_100']:.2f}"
         if r["time_scale"] != 1:
             s100 += f" ({r['steps_timed']} of {r['steps']} steps x{r['time_scale']:g})"
-        ips = "" if "images_per_second_1000" not in r else f"{r['images_per_second_1000']:.1f}"
+        ips = "" if "images_per_second_1000" not in r else f"{r['images_per_second_1000']:.3g}"
         if ips and r["time_scale"] != 1:
             ips += f" ({r['steps_timed_1000']} steps)"
         mem = f"{r['memory_100']['increase_mb']:.0f}"
