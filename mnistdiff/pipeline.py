@@ -22,6 +22,7 @@ result for an image whatever batch it is in, true on the CPU in our tests.)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import numbers
@@ -138,16 +139,20 @@ class Pipeline:
         first call of each batch shape compiles, tens of seconds on a CPU); on a CPU it gained
         nothing measurable over channels_last, so it is off unless asked for. Both give the
         plain path's images up to float rounding (a uint8 pixel may move by one level, about
-        one in 10^5). See docs/performance.md."""
+        one in 10^5). ``model`` itself is left as it is (channels_last samples with a copy of
+        its weights taken here). See docs/performance.md."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         if channels_last is None:
             channels_last = self.device.type == "cpu"
         self.channels_last, self.compiled = bool(channels_last), bool(compile)
-        # the weights' format too: a conv with either operand in channels_last runs in it
-        self.model.to(memory_format=torch.channels_last if self.channels_last
-                      else torch.contiguous_format)
-        self._network = torch.compile(self.model) if self.compiled else self.model
+        # The network sampled with: for channels_last a copy of the weights in that format
+        # (a conv with either operand in channels_last runs in it), so a model the caller still
+        # uses (training's sample grids pass the live one) is never changed underneath it.
+        network = self.model
+        if self.channels_last:
+            network = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
+        self._network = torch.compile(network) if self.compiled else network
         self.config = config
         d = config.diffusion
         self.schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,

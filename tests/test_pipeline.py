@@ -275,8 +275,10 @@ def test_channels_last_gives_the_plain_images(pipe):
     plain = Pipeline(copy.deepcopy(pipe.model), pipe.config, device="cpu", channels_last=False)
     assert fast.channels_last and not plain.channels_last
     assert pipe.channels_last  # the default on a CPU
-    assert plain.model.stem.weight.is_contiguous()
-    assert fast.model.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    conv = fast._network.encoder[0][0].conv1.weight  # (8, 8, 3, 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert fast.model.encoder[0][0].conv1.weight.is_contiguous()  # the caller's model: untouched
+    assert plain._network is plain.model
     for kw in (dict(sampler="dpmpp", steps=6), dict(sampler="ddpm", steps=5),
                dict(sampler="ddim", steps=4, guidance_interval=(0.3, 0.7))):
         a = fast.sample([0, 5, 9], n=3, seed=1, **kw)
