@@ -172,11 +172,16 @@ def train(
     cfg, run_dir, checkpoint = prepare_run(config, overrides, out_dir, resume)
     result = training.train(cfg, run_dir, resume=checkpoint, device=device, progress=progress,
                             console=out)
+    _report_training(result, run_dir, "train")
+
+
+def _report_training(result, run_dir: Path, command: str) -> None:
+    """The summary table after ``train`` or ``distill``."""
     if result.checkpoint is None:  # ranks > 0 of a torchrun job print nothing
         return
     if result.interrupted:
         out.print(f"[yellow]stopped at step {result.step} of {result.total_steps}[/]; "
-                  f"continue with: mnistdiff train --resume {run_dir}")
+                  f"continue with: mnistdiff {command} --resume {run_dir}")
     table = Table(title="training summary", show_header=False)
     for name, value in [
         ("run folder", str(run_dir)), ("checkpoint", str(result.checkpoint)),
@@ -192,6 +197,73 @@ def train(
     ]:
         table.add_row(name, value)
     out.print(table)
+
+
+@app.command()
+def distill(
+    teacher: Optional[str] = typer.Option(
+        None, "--teacher", "-t", metavar="NAME|PATH", help="The teacher: a bundled model or a "
+        "checkpoint with v-prediction (default: mnist).", show_default=False),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", min=1, max=64, help="The student's sampling steps, i.e. network passes "
+        "per image (default: 4).", show_default=False),
+    teacher_steps: Optional[int] = typer.Option(
+        None, "--teacher-steps", min=2, help="DPM-Solver++ steps of the teacher over the whole "
+        "grid, the student's target (default: 4x --steps).", show_default=False),
+    guidance: Optional[float] = typer.Option(
+        None, "--guidance", min=0.0, help="The teacher's guidance scale, built into the student "
+        "(default: the teacher's own default).", show_default=False),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML with train / distill / sample / eval / data sections "
+        "(default: distill.RECIPE).", show_default=False),
+    set_: Optional[List[str]] = SetOpt,
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run folder (default: runs/distill-<teacher>-<time>).",
+        show_default=False),
+    resume: Optional[str] = typer.Option(
+        None, "--resume", "-r", metavar="latest|PATH",
+        help="Continue a distillation run (a run folder or checkpoint file).", show_default=False),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda "
+                                                        "or cuda:N."),
+    data_dir: Optional[Path] = DataDirOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", metavar="",
+                                  help="Show a progress bar."),
+) -> None:
+    """Distill a teacher into a student that samples in --steps passes, guidance built in.
+
+    The student is an ordinary checkpoint: sample, animate and evaluate use its stored sampler
+    and steps. See distill.py for the method (progressive distillation's target, one round)."""
+    from . import distill as distillation, training
+    from .checkpoint import prepare_run
+    from .config import apply_overrides, read_yaml
+
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f"data.root={json.dumps(str(data_dir))}")
+    if resume is not None:
+        fixed = [name for name, value in (("--teacher", teacher), ("--steps", steps),
+                                          ("--teacher-steps", teacher_steps),
+                                          ("--guidance", guidance)) if value is not None]
+        if fixed:
+            raise MnistdiffError(f"{fixed[0]}: a resumed distillation keeps its teacher and "
+                                 f"steps; drop it (change others with --set)")
+        cfg, run_dir, checkpoint = prepare_run(config, overrides, out_dir, resume)
+        if not distillation.is_distillation(cfg):
+            raise MnistdiffError(f"{checkpoint} is not a distillation run; continue it with "
+                                 f"mnistdiff train --resume")
+    else:
+        teacher, steps = teacher or "mnist", steps or 4
+        d = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
+        cfg = distillation.student_config(teacher, d, steps=steps, teacher_steps=teacher_steps,
+                                          guidance=guidance)
+        if out_dir is None:
+            from datetime import datetime
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out_dir = Path("runs") / f"distill-{Path(teacher).stem}-{steps}step-{stamp}"
+        run_dir, checkpoint = out_dir, None
+    result = training.train(cfg, run_dir, resume=checkpoint, device=device, progress=progress,
+                            console=out)
+    _report_training(result, run_dir, "distill")
 
 
 # --------------------------------------------------------------------------------- sample, animate, summarize

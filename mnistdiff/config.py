@@ -106,6 +106,9 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = _f("dpmpp", "default sampler", registry="samplers:SAMPLERS")
     steps: int = _f(20, "default sampling steps (<= diffusion.timesteps)", lo=1)
+    spacing: str = _f("linspace", "how the steps spread over the timesteps: linspace (T-1 down "
+                                  "to 0) or trailing (even intervals ending at the clean image; "
+                                  "distilled students)", registry="samplers:SPACINGS")
     guidance: float = _f(1.0, "classifier-free guidance scale w (0 = unconditional, "
                               "1 = conditional)", lo=0.0, hi=100.0)
     guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: guidance only at timesteps t "
@@ -126,6 +129,18 @@ class EvalConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = _f("", "the teacher (a bundled model name or a checkpoint path) whose guided "
+                          "sampler the student learns in sample.steps steps; empty: not a "
+                          "distillation run (see distill.py)")
+    teacher_sha256: str = _f("", "SHA-256 of the teacher's checkpoint file, checked on resume")
+    guidance: float = _f(2.0, "the teacher's guidance scale w, built into the student",
+                         lo=0.0, hi=100.0)
+    teacher_steps: int = _f(16, "DPM-Solver++ steps of the teacher over the student's whole "
+                                "grid (a multiple of sample.steps, at least twice it)", lo=2)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,6 +148,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)  # section name -> dataclass
@@ -263,6 +279,13 @@ def _check_consistency(cfg: Config) -> None:
     if len(interval) != 2 or interval[0] > interval[1]:
         raise ConfigError(f"sample.guidance_interval: got {interval}, expected [lo, hi] with "
                           f"0 <= lo <= hi <= 1")
+    dc, steps = cfg.distill, cfg.sample.steps
+    if dc.teacher and (dc.teacher_steps % steps or dc.teacher_steps < 2 * steps):
+        raise ConfigError(f"distill.teacher_steps: got {dc.teacher_steps}, must be a multiple of "
+                          f"sample.steps ({steps}) and at least {2 * steps}")
+    if dc.teacher and dc.teacher_steps > cfg.diffusion.timesteps:
+        raise ConfigError(f"distill.teacher_steps: got {dc.teacher_steps}, must be <= "
+                          f"diffusion.timesteps ({cfg.diffusion.timesteps})")
     levels = len(cfg.model.channels)
     if 28 % (2 ** (levels - 1)) != 0:
         raise ConfigError(f"model.channels: got {levels} levels, but 28x28 images allow at most 3 "

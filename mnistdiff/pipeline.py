@@ -246,6 +246,10 @@ class Pipeline:
         """The generators of images first .. first + count - 1 of a call (module docstring)."""
         return ImageGenerators.for_images(seed, first, count, self.device)
 
+    def _grid(self, steps: int) -> Grid:
+        """The step grid of ``steps`` steps with the model's ``sample.spacing``."""
+        return step_grid(self.schedule, steps, self.config.sample.spacing)
+
     def _noise(self, generators: ImageGenerators) -> Tensor:
         """The starting noise x_T of one batch: (B, C, 28, 28), row b from generator b."""
         return generators.randn((len(generators), self.config.model.in_channels, IMAGE_SIZE,
@@ -311,7 +315,7 @@ class Pipeline:
                  callback: Callable[[dict], None] | None = None) -> Iterator[Samples]:
         labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
         batches = -(-len(labels) // batch_size)
-        grid = step_grid(self.schedule, s.steps)  # one grid for every batch
+        grid = self._grid(s.steps)  # one grid for every batch
         for b, i in enumerate(range(0, len(labels), batch_size)):
             start = time.perf_counter()
             y = labels[i:i + batch_size].to(self.device)
@@ -340,7 +344,7 @@ class Pipeline:
         _integer("frames", frames, 2, states,
                  f" (the noise and the {s.steps} steps; ask for more steps for more frames)")
         keep = frame_indices(states, frames)
-        grid = step_grid(self.schedule, s.steps)
+        grid = self._grid(s.steps)
 
         generators = self._generators(s.seed, 0, len(digits))
         x = self._noise(generators)
@@ -417,7 +421,7 @@ class Pipeline:
         keep = keep.expand(1, channels, -1, -1).to(self.device)
         labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
         batches = -(-len(labels) // batch_size)
-        grid = step_grid(self.schedule, s.steps)
+        grid = self._grid(s.steps)
         ts = grid.ts
         ab = self.schedule.alphas_cumprod.double().cpu().tolist()
 
@@ -528,7 +532,7 @@ class Pipeline:
             return (1 - mix) * eps_a(x, t) + mix * eps_b(x, t)
 
         x0, _, _ = self._denoise(x, ya, s, self._generators(sa, 0, frames),
-                              step_grid(self.schedule, s.steps), eps_fn=eps_fn)
+                                 self._grid(s.steps), eps_fn=eps_fn)
         nfe = eps_a.nfe + (eps_b.nfe if eps_b is not eps_a else 0)
         return Morph(to_uint8(x0).squeeze(1).cpu(), alphas, (a, b), (sa, sb), s.sampler, s.steps,
                      s.guidance, nfe, time.perf_counter() - start)

@@ -10,7 +10,7 @@ sampler takes its σ grid):
   the device. An int lets an eps_fn decide per step on the host (GuidedEps's guidance interval)
   without reading anything back from the device.
 - `x` (B, C, H, W) is the starting noise at t = grid.ts[0] (T-1).
-- `grid` is the step grid, built once by the caller with `step_grid(schedule, steps)`: the
+- `grid` is the step grid, built once by the caller with `step_grid(schedule, steps, spacing)`: the
   timesteps (T-1 down to 0) with their (α_t, σ_t) and the clean image's (1, 0) after the last.
   The sampler evaluates eps_fn once at each timestep; the last update goes to the clean image
   (ᾱ = 1, σ = 0), so the result is the final predicted x0.
@@ -55,11 +55,28 @@ def register(name: str, *, stochastic: bool, options: tuple[str, ...] = ()) -> C
     return add
 
 
-def timesteps(T: int, steps: int) -> Tensor:
-    """`steps` evenly spaced timesteps from T-1 down to 0, int64 descending; steps == T gives all."""
+SPACINGS = ("linspace", "trailing")
+"""How `steps` timesteps are spread over 0..T-1 (``sample.spacing``'s choices)."""
+
+
+def timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
+    """`steps` timesteps from T-1 downwards, int64 descending; steps == T gives all of them.
+
+    - "linspace": evenly from T-1 down to 0 inclusive. The last evaluation is at t = 0, where
+      the image is already clean to within σ_0, so on a coarse grid it is nearly wasted.
+    - "trailing": t_k = round(T (N - k) / N) - 1 for k = 0..N-1 (Lin et al. 2024, "Common
+      diffusion noise schedules and sample steps are flawed", Table 2): evenly spaced intervals
+      that end at the clean image, so every evaluation moves the sample. What few-step students
+      (`mnistdiff distill`) are trained on.
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and the schedule's {T} timesteps, got {steps}")
-    return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "linspace":
+        return torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    if spacing == "trailing":
+        k = torch.arange(steps, dtype=torch.float64)
+        return (T * (steps - k) / steps).round().long() - 1
+    raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
 
 
 class Grid(NamedTuple):
@@ -73,9 +90,9 @@ class Grid(NamedTuple):
     T: int  # the schedule's timesteps (steps == T is the full grid)
 
 
-def step_grid(schedule: Schedule, steps: int) -> Grid:
-    """The grid of ``timesteps(schedule.T, steps)`` on ``schedule``."""
-    ts = timesteps(schedule.T, steps)
+def step_grid(schedule: Schedule, steps: int, spacing: str = "linspace") -> Grid:
+    """The grid of ``timesteps(schedule.T, steps, spacing)`` on ``schedule``."""
+    ts = timesteps(schedule.T, steps, spacing)
     alphas = schedule.sqrt_ab.cpu()[ts].tolist() + [1.0]
     sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist() + [0.0]
     return Grid(ts.tolist(), alphas, sigmas, schedule.T)

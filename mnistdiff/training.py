@@ -32,14 +32,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__, diffusion
+from . import __version__, diffusion, distill
 from .checkpoint import (FORMAT, FORMAT_VERSION, LAST, STEP_FILE, check_resumable,
                          check_same_model, load_checkpoint, rng_state, save_run_checkpoint,
                          set_rng_state)
@@ -272,10 +272,30 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def train_step(parts: Parts, batches: Iterator, schedule: diffusion.Schedule, cfg: Config,
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (net, x0, y) -> loss
+
+
+def make_loss(cfg: Config, schedule: diffusion.Schedule,
+              distiller: distill.Distiller | None = None) -> LossFn:
+    """What a step minimizes: the denoising loss (diffusion.training_loss), or for a
+    distillation run (cfg.distill.teacher set) the student's loss against its teacher."""
+    if distiller is not None:
+        return distiller.loss
+    d = cfg.diffusion
+
+    def denoising_loss(net: nn.Module, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return diffusion.training_loss(net, schedule, x0, y, objective=d.objective,
+                                       min_snr_gamma=d.min_snr_gamma,
+                                       label_dropout=d.label_dropout,
+                                       null_label=cfg.model.num_classes)
+    return denoising_loss
+
+
+def train_step(parts: Parts, batches: Iterator, loss_fn: LossFn, cfg: Config,
                rt: Runtime, step: int) -> torch.Tensor:
-    """Optimizer step number ``step + 1``: ``grad_accum`` micro-batches, gradient clipping, the
-    update, the LR schedule and the EMA. Returns the mean loss, left on the device (no sync)."""
+    """Optimizer step number ``step + 1``: ``grad_accum`` micro-batches of ``loss_fn``, gradient
+    clipping, the update, the LR schedule and the EMA. Returns the mean loss, left on the
+    device (no sync)."""
     tc = cfg.train
     seed_step(rt, tc.seed, step)
     accum, total = tc.grad_accum, torch.zeros((), device=rt.device)
@@ -285,10 +305,7 @@ def train_step(parts: Parts, batches: Iterator, schedule: diffusion.Schedule, cf
         sync = contextlib.nullcontext() if parts.ddp is None or last else parts.ddp.no_sync()
         with sync:
             with rt.autocast():
-                loss = diffusion.training_loss(
-                    parts.net, schedule, x0, y, objective=cfg.diffusion.objective,
-                    min_snr_gamma=cfg.diffusion.min_snr_gamma,
-                    label_dropout=cfg.diffusion.label_dropout, null_label=cfg.model.num_classes)
+                loss = loss_fn(parts.net, x0, y)
             parts.scaler.scale(loss / accum).backward()
         total += loss.detach() / accum
     if tc.grad_clip > 0:
@@ -436,6 +453,15 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
     model, ema = parts.model, parts.ema
     schedule = diffusion.make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
                                        cfg.diffusion.beta_start, cfg.diffusion.beta_end, rt.device)
+    distiller = None
+    if distill.is_distillation(cfg):  # the student starts as the teacher
+        teacher, _ = distill.load_teacher(cfg.distill, rt.device)
+        distiller = distill.Distiller(teacher, schedule, cfg)
+        if resume is None:
+            model.load_state_dict(teacher.state_dict())
+            if ema is not None:
+                ema.load_state_dict(teacher.state_dict())
+    loss_fn = make_loss(cfg, schedule, distiller)
     step, seconds_before = 0, 0.0
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -469,6 +495,8 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
             f"amp {amp_name(rt)}, compile {'on' if parts.compiled else 'off'}; steps {step} -> "
             f"{total_steps} of {images_per_step} images ({len(loader)} batches per epoch)"
             + (f", resumed from {resume}" if resume else ""))
+        if distiller is not None:
+            say(distill.describe(cfg))
 
     def save() -> Path:
         epoch, batch = divmod(step * tc.grad_accum, len(loader))
@@ -497,7 +525,7 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
         task = bar.add_task("train", total=total_steps, completed=step,
                             epoch=step * tc.grad_accum / len(loader), loss="-", ips="-")
         while step < total_steps:
-            pending.append(train_step(parts, batches, schedule, cfg, rt, step))
+            pending.append(train_step(parts, batches, loss_fn, cfg, rt, step))
             step += 1
             bar.advance(task)
 
