@@ -350,8 +350,10 @@ def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Refere
     rows, images, labels = [], None, None
     for s in settings:
         if say is not None:
+            lo, hi = s.guidance_interval
+            where = "" if (lo, hi) == (0.0, 1.0) else f" in t/(T-1) [{lo:g}, {hi:g}]"
             say(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
-                f"guidance {s.guidance:g}) ...")
+                f"guidance {s.guidance:g}{where}) ...")
         result = pipe.sample(classes, per_class, settings=s, batch_size=sample_batch_size)
         row = score(result.images, result.labels, reference, k=k, batch_size=batch_size)
         row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
