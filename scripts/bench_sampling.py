@@ -202,7 +202,8 @@ def run_row(name: str, args: argparse.Namespace) -> dict:
     scale = 1.0 if full is None else full / s.steps
     memory = PeakMemory(pipe.device)
     row = {"row": name, "model": what, "parameters": count_parameters(pipe.model),
-           "sampler": s.sampler, "steps": full or s.steps, "guidance": s.guidance,
+           "sampler": s.sampler, "steps": full or s.steps,
+           "spacing": getattr(pipe.config.sample, "spacing", "linspace"), "guidance": s.guidance,
            "guidance_interval": list(s.guidance_interval),
            "fast_paths": [o for o in ("channels_last", "compiled") if getattr(pipe, o, False)],
            "steps_timed": s.steps, "time_scale": scale}
@@ -294,7 +295,9 @@ def print_table(setup: dict, rows: list[dict]) -> None:
         if "error" in r:
             table.add_row(r["row"], f"[red]{r['error']}[/red]", *[""] * 7)
             continue
-        what = f"{r['sampler']} {r['steps']}, w {r['guidance']:g}"
+        what = f"{r['sampler']} {r['steps']}" + (
+            "" if r.get("spacing", "linspace") == "linspace" else f" {r['spacing']}") + \
+            f", w {r['guidance']:g}"
         if r["guidance_interval"] != [0.0, 1.0]:
             what += f" in [{r['guidance_interval'][0]:g}, {r['guidance_interval'][1]:g}]"
         what += "".join(f", {o.replace('_', ' ')}" for o in r["fast_paths"])
