@@ -136,6 +136,8 @@ class DistillConfig:
     teacher_sha256: str = _f("", "SHA-256 of the teacher's checkpoint file, checked on resume")
     guidance: float = _f(2.0, "the teacher's guidance scale w, built into the student",
                          lo=0.0, hi=100.0)
+    guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: the teacher's guidance interval "
+                                        "(as sample.guidance_interval)", lo=0.0, hi=1.0)
     teacher_steps: int = _f(16, "DPM-Solver++ steps of the teacher over the student's whole "
                                 "grid (a multiple of sample.steps, at least twice it)", lo=2)
 
@@ -275,10 +277,10 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.sample.steps > cfg.diffusion.timesteps:
         raise ConfigError(f"sample.steps: got {cfg.sample.steps}, must be <= diffusion.timesteps "
                           f"({cfg.diffusion.timesteps})")
-    interval = cfg.sample.guidance_interval
-    if len(interval) != 2 or interval[0] > interval[1]:
-        raise ConfigError(f"sample.guidance_interval: got {interval}, expected [lo, hi] with "
-                          f"0 <= lo <= hi <= 1")
+    for key, interval in (("sample.guidance_interval", cfg.sample.guidance_interval),
+                          ("distill.guidance_interval", cfg.distill.guidance_interval)):
+        if len(interval) != 2 or interval[0] > interval[1]:
+            raise ConfigError(f"{key}: got {interval}, expected [lo, hi] with 0 <= lo <= hi <= 1")
     dc, steps = cfg.distill, cfg.sample.steps
     if dc.teacher and (dc.teacher_steps % steps or dc.teacher_steps < 2 * steps):
         raise ConfigError(f"distill.teacher_steps: got {dc.teacher_steps}, must be a multiple of "

@@ -74,6 +74,7 @@ class Distiller:
         self.teacher = teacher.eval().requires_grad_(False)
         self.schedule, self.objective = schedule, get_objective(cfg.diffusion.objective)
         self.guidance, self.null_label = dc.guidance, cfg.model.num_classes
+        self.interval = tuple(dc.guidance_interval)
         self.clip_x0 = cfg.sample.clip_x0
         steps = cfg.sample.steps
         grid = step_grid(schedule, steps, cfg.sample.spacing)
@@ -97,7 +98,7 @@ class Distiller:
         timesteps s (B,) (CLEAN allowed) in K steps. First order on the first step and on a step
         into the clean image, where the update is the predicted x0 itself."""
         eps_fn = GuidedEps(self.teacher, self.schedule, y, self.guidance, self.objective,
-                           null_label=self.null_label)
+                           null_label=self.null_label, interval=self.interval)
         K = self.sub
         x0_prev, h_prev = None, None
         for j in range(K):
@@ -209,7 +210,7 @@ def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 
                              f"{stored.get('diffusion', {}).get('objective')!r}; distillation "
                              f"needs a v-prediction teacher (diffusion.objective=v): an ε-"
                              f"prediction student cannot take large steps from pure noise")
-    teacher_guidance = stored.get("sample", {}).get("guidance", 1.0)
+    teacher_sample = stored.get("sample", {})
     d = {
         "data": dict(stored.get("data", {})),
         "model": stored["model"], "diffusion": stored["diffusion"],
@@ -218,7 +219,9 @@ def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 
                    "spacing": "trailing", "guidance": 1.0, "eta": 0.0},
         "eval": stored.get("eval", {}),
         "distill": {"teacher": str(teacher), "teacher_sha256": sha256_file(source.path),
-                    "guidance": teacher_guidance if guidance is None else guidance,
+                    "guidance": teacher_sample.get("guidance", 1.0) if guidance is None
+                    else guidance,
+                    "guidance_interval": teacher_sample.get("guidance_interval", [0.0, 1.0]),
                     "teacher_steps": 4 * steps if teacher_steps is None else teacher_steps},
     }
     d["data"].pop("root", None)  # where the teacher's data was is no business of the student's
@@ -237,6 +240,8 @@ def is_distillation(cfg: Config) -> bool:
 def describe(cfg: Config) -> str:
     """One line for logs: what the student learns."""
     dc = cfg.distill
-    return (f"distilling {dc.teacher} (guidance {dc.guidance:g}, {dc.teacher_steps} DPM-Solver++ "
-            f"steps) into {cfg.sample.steps} {cfg.sample.sampler} steps "
+    lo, hi = dc.guidance_interval
+    where = "" if (lo, hi) == (0.0, 1.0) else f" in t/(T-1) [{lo:g}, {hi:g}]"
+    return (f"distilling {dc.teacher} (guidance {dc.guidance:g}{where}, {dc.teacher_steps} "
+            f"DPM-Solver++ steps) into {cfg.sample.steps} {cfg.sample.sampler} steps "
             f"({math.ceil(dc.teacher_steps / cfg.sample.steps)} teacher steps per student step)")

@@ -92,6 +92,28 @@ def test_one_student_step_on_the_target_lands_on_the_teacher():
     torch.testing.assert_close(ddim_step, d.teacher_solve(x_t, t, s, y), atol=1e-4, rtol=1e-4)
 
 
+def test_the_teacher_guidance_interval_is_honoured():
+    """An interval that holds none of the teacher's timesteps is the conditional teacher (w = 1);
+    one that holds all of them is plain guidance."""
+    schedule = make_schedule("cosine", 250)
+    torch.manual_seed(2)
+    teacher = ConditionalUNet(channels=(8, 16), emb_dim=16, groups=4)
+    t, s = torch.tensor([249, 124]), torch.tensor([187, 61])
+    x_t, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 8])
+
+    def solve(**distill_cfg):
+        cfg = student_cfg()
+        cfg.distill.__dict__.update(distill_cfg)
+        return distill.Distiller(teacher, schedule, cfg).teacher_solve(x_t, t, s, y)
+
+    torch.testing.assert_close(solve(guidance=3.0, guidance_interval=[0.0, 0.01]),
+                               solve(guidance=1.0))
+    torch.testing.assert_close(solve(guidance=3.0, guidance_interval=[0.0, 1.0]),
+                               solve(guidance=3.0))
+    assert not torch.allclose(solve(guidance=3.0, guidance_interval=[0.5, 1.0]),
+                              solve(guidance=3.0))
+
+
 def test_a_grid_too_coarse_for_the_teacher_steps_is_refused():
     cfg = config_from_dict({
         "model": {"channels": [8, 16], "emb_dim": 16, "groups": 4},
