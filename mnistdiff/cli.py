@@ -616,8 +616,17 @@ def _summary_facts(summary: dict, info: Optional[dict], cfg: Config) -> Table:
         "sampler defaults": f"{sd['sampler']}, {sd['steps']} steps, guidance {sd['guidance']:g}"
                             + ("" if list(sd["guidance_interval"]) == [0.0, 1.0] else
                                f" in t/(T-1) [{sd['guidance_interval'][0]:g}, "
-                               f"{sd['guidance_interval'][1]:g}]"),
+                               f"{sd['guidance_interval'][1]:g}]")
+                            + ("" if sd.get("spacing", "linspace") == "linspace" else
+                               f", {sd['spacing']} spacing"),
     }
+    if cfg.distill.teacher:
+        dc = cfg.distill
+        lo, hi = dc.guidance_interval
+        facts["distilled from"] = (
+            f"{dc.teacher} (SHA-256 {dc.teacher_sha256[:12]}...): its guidance {dc.guidance:g}"
+            + ("" if (lo, hi) == (0.0, 1.0) else f" in t/(T-1) [{lo:g}, {hi:g}]")
+            + f" and {dc.teacher_steps} DPM-Solver++ steps, built into {sd['steps']} passes")
     if info is not None:
         ema_text = (f"yes (decay {summary['ema_decay']:g}, half-life at most "
                     f"{cfg.train.ema_rampup:.0%} of training)" if info["ema"] else "no")

@@ -216,7 +216,8 @@ def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 
         "model": stored["model"], "diffusion": stored["diffusion"],
         "train": dict(RECIPE),
         "sample": {**stored.get("sample", {}), "sampler": "ddim", "steps": steps,
-                   "spacing": "trailing", "guidance": 1.0, "eta": 0.0},
+                   "spacing": "trailing", "guidance": 1.0, "guidance_interval": [0.0, 1.0],
+                   "eta": 0.0},
         "eval": stored.get("eval", {}),
         "distill": {"teacher": str(teacher), "teacher_sha256": sha256_file(source.path),
                     "guidance": teacher_sample.get("guidance", 1.0) if guidance is None

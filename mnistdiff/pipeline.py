@@ -675,8 +675,10 @@ def summarize(model: nn.Module, config: Config, info: dict | None = None, depth:
         "model": dataclasses.asdict(config.model),
         "dataset": config.data.dataset,
         "diffusion": {"schedule": d.schedule, "timesteps": d.timesteps, "objective": d.objective},
-        "sampler_defaults": {k: getattr(config.sample, k) for k in ("sampler", "steps", "guidance",
+        "sampler_defaults": {k: getattr(config.sample, k) for k in ("sampler", "steps", "spacing",
+                                                                    "guidance",
                                                                     "guidance_interval")},
         "ema_decay": train.ema_decay,
+        "distilled_from": dataclasses.asdict(config.distill) if config.distill.teacher else None,
         "checkpoint": info,
     }

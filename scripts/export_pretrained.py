@@ -10,7 +10,8 @@ Writes the weights (EMA only), the model card and the manifest entry through
 ``pretrained.bundle``. The card holds the exact training command and config file, steps, images
 seen, device, wall time and the metrics of every ``mnistdiff evaluate`` report given (each
 labelled, with its real floor at the same n and its classification accuracy score).
-Sampler defaults can be changed with --sampler/--steps/--guidance (measure them first).
+Sampler defaults can be changed with --sampler/--steps/--guidance/--guidance-interval
+(measure them first).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guidance only at timesteps with lo <= t/(T-1) <= hi")
     p.add_argument("--note", action="append", default=[], help="a line for the card's notes")
     p.add_argument("--out", default=str(MODELS_DIR), help="models folder")
     args = p.parse_args()
@@ -85,8 +88,11 @@ def main() -> None:
         "metrics": metrics,
         "notes": args.note,
     }
+    interval = (None if args.guidance_interval is None
+                else [float(v) for v in args.guidance_interval.split(",")])
     sample = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps),
-                                ("guidance", args.guidance)) if v is not None}
+                                ("guidance", args.guidance), ("guidance_interval", interval))
+              if v is not None}
     entry = bundle(path, args.name, card, sample=sample or None, models_dir=Path(args.out))
     print(f"bundled {path} as '{args.name}': {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, "
           f"sha256 {entry['sha256'][:12]}...), {entry['card']}")

@@ -164,7 +164,7 @@ def test_distill_end_to_end_and_the_student_samples_with_its_steps(v_teacher, sy
     ckpt = load_checkpoint(tmp_path / "runs/student/checkpoints/last.pt")
     c = ckpt["config"]
     assert c["sample"] == {**c["sample"], "sampler": "ddim", "steps": 2, "spacing": "trailing",
-                           "guidance": 1.0}
+                           "guidance": 1.0, "guidance_interval": [0.0, 1.0]}
     assert c["distill"]["teacher"] == str(v_teacher) and len(c["distill"]["teacher_sha256"]) == 64
     assert c["distill"]["teacher_steps"] == 8 and c["distill"]["guidance"] == 2.0  # tiny's w
     assert c["model"] == load_checkpoint(v_teacher)["config"]["model"]
@@ -178,6 +178,11 @@ def test_distill_end_to_end_and_the_student_samples_with_its_steps(v_teacher, sy
                                  "-o", str(png), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = runner.invoke(app, ["summarize", "-k", "runs/student", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["distilled_from"]["teacher"] == str(v_teacher)
+    assert summary["sampler_defaults"]["spacing"] == "trailing"
 
 
 def test_distill_resumes_exactly(v_teacher, synthetic_dir, tmp_path):

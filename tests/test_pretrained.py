@@ -25,7 +25,8 @@ from mnistdiff.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-SHIPPED = {"mnist": "mnist", "fashion-mnist": "fashion-mnist"}  # name -> dataset
+SHIPPED = {"mnist": "mnist", "fashion-mnist": "fashion-mnist",
+           "mnist-fast": "mnist"}  # name -> dataset
 
 
 # --------------------------------------------------------------------------------- the shipped files
@@ -62,6 +63,16 @@ def test_bundled_mnist_draws_the_digits_asked_for():
     # values of a few levels remain (see README, Pretrained models), none visible.
     background = out.images[:, :3, :].float()
     assert (background <= 16).float().mean() > 0.97
+
+
+def test_bundled_student_draws_the_digits_in_four_passes():
+    """mnist-fast: its stored 4 DDIM steps, one conditional pass each, read back as asked."""
+    pipe = mnistdiff.load("mnist-fast", device="cpu")
+    assert pipe.config.distill.teacher == "mnist"
+    out = pipe.sample(list(range(10)), n=2, seed=1)
+    assert out.nfe == 4 and out.passes == 4
+    _, preds = run_classifier(load_classifier("mnist"), out.images)
+    assert (preds == out.labels.numpy()).mean() >= 0.9
 
 
 # --------------------------------------------------------------------------------- resolution
