@@ -196,8 +196,9 @@ def test_summary_counts_match_the_model(pipe):
     assert s["size_mb"] == pytest.approx(4 * total / 1e6)
     # The stem conv alone: 28 * 28 outputs x 8 channels x (3 * 3 taps + bias) multiply-adds.
     assert s["mult_adds_per_image"] > 28 * 28 * 8 * 10
-    assert s["sampler_defaults"] == {"sampler": "ddim", "steps": 10, "guidance": 2.0,
-                                   "guidance_interval": [0.0, 1.0]}
+    assert s["sampler_defaults"] == {"sampler": "ddim", "steps": 10, "spacing": "linspace",
+                                   "guidance": 2.0, "guidance_interval": [0.0, 1.0]}
+    assert s["distilled_from"] is None
     assert s["checkpoint"] is None
 
 
