@@ -269,8 +269,9 @@ def distill(
 # --------------------------------------------------------------------------------- sample, animate, summarize
 
 CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="NAME|PATH",
-                             help="A bundled model (mnist, fashion-mnist), a checkpoint file, a "
-                                  "run folder or 'latest' (default: the newest run under runs/, "
+                             help="A bundled model (mnist, mnist-fast, fashion-mnist), a "
+                                  "checkpoint file, a run folder or 'latest' (default: the "
+                                  "newest run under runs/, "
                                   "else the bundled mnist). An existing path wins over a name.",
                              show_default=False)
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
