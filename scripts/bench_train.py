@@ -55,6 +55,7 @@ def measure(cfg, device: str, steps: int, warmup: int) -> dict:
     parts = training.build_parts(cfg, rt, total_steps=warmup + steps)
     d = cfg.diffusion
     schedule = diffusion.make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end, rt.device)
+    loss_fn = training.make_loss(cfg, schedule)
     n = max(60_000, tc.batch_size)  # an MNIST-sized set of random images
     images = torch.randint(0, 256, (n, cfg.model.in_channels, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, cfg.model.num_classes, (n,))
@@ -64,7 +65,7 @@ def measure(cfg, device: str, steps: int, warmup: int) -> dict:
 
     def run(first: int, count: int) -> float:
         for step in range(first, first + count):
-            loss = training.train_step(parts, batches, schedule, cfg, rt, step)
+            loss = training.train_step(parts, batches, loss_fn, cfg, rt, step)
         return loss.item()  # waits for the device
 
     start = time.perf_counter()
