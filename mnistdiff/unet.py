@@ -2,13 +2,21 @@
 
 The layout follows DDPM (Ho et al. 2020, App. B) scaled down for MNIST:
 
-    stem conv                       in_channels -> channels[0]             28x28
+    [patchify]                      with patch_size p > 1: each p x p block of pixels becomes
+                                    p^2 channels (pixel unshuffle)         28x28 -> 14x14 (p = 2)
+    stem conv                       in_channels * p^2 -> channels[0]       28x28 (p = 1)
     encoder level i                 num_res_blocks ResBlocks at channels[i], then a
                                     stride-2 conv (except at the last level)  28 -> 14 -> 7
     middle                          ResBlock, [self-attention], ResBlock at channels[-1]
     decoder level i (reversed)      concat the encoder skip of level i, num_res_blocks
                                     ResBlocks back to channels[i], then nearest x2 + conv
-    head                            GroupNorm, SiLU, conv                  channels[0] -> in_channels
+    head                            GroupNorm, SiLU, conv                  channels[0] -> in_channels * p^2
+    [unpatchify]                    pixel shuffle back to in_channels at full resolution
+
+Patches (p = 2, as the 2x2 patches of DiT, Peebles & Xie 2023, or the space-to-depth input of
+simple diffusion, Hoogeboom et al. 2023) make every level 4x cheaper: on a CPU, where the 28x28
+level of thin feature maps costs most of the time, a patch-2 U-Net of the same parameter count
+trains about twice as many images per second.
 
 Conditioning: a sinusoidal embedding of the timestep (Vaswani et al. 2017, Sec. 3.5) goes
 through a two-layer MLP; a learned label embedding (row ``num_classes`` is the null label used
@@ -120,15 +128,19 @@ class Upsample(nn.Module):
 
 
 def _check_arguments(channels: Sequence[int], num_res_blocks: int, emb_dim: int, dropout: float,
-                     num_classes: int, groups: int, in_channels: int) -> None:
+                     num_classes: int, groups: int, in_channels: int, patch_size: int = 1) -> None:
     """Raise ValueError (one line) for a configuration the network cannot be built from."""
     if len(channels) == 0 or any(c < 1 for c in channels):
         raise ValueError(f"channels must be a non-empty list of positive integers, got {list(channels)}")
-    factor = 2 ** (len(channels) - 1)
-    if IMAGE_SIZE % factor != 0:
+    if patch_size < 1 or IMAGE_SIZE % patch_size != 0:
+        raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {patch_size} (use 1, 2 or 4)")
+    size, factor = IMAGE_SIZE // patch_size, 2 ** (len(channels) - 1)
+    if size % factor != 0:
+        levels = max(i + 1 for i in range(len(channels)) if size % 2 ** i == 0)
         raise ValueError(
-            f"channels={list(channels)} has {len(channels)} levels, which halves {IMAGE_SIZE}x{IMAGE_SIZE} "
-            f"images {len(channels) - 1} times; {IMAGE_SIZE} is not divisible by {factor}, use at most 3 levels"
+            f"channels={list(channels)} has {len(channels)} levels, which halves {size}x{size} "
+            f"feature maps {len(channels) - 1} times; {size} is not divisible by {factor}, use at most "
+            f"{levels} levels" + (f" with patch_size {patch_size}" if patch_size > 1 else "")
         )
     if emb_dim < 2 or emb_dim % 2 != 0:
         raise ValueError(f"emb_dim must be a positive even integer, got {emb_dim}")
@@ -153,12 +165,16 @@ class ConditionalUNet(nn.Module):
         num_classes: int = 10,
         groups: int = 8,
         in_channels: int = 1,
+        patch_size: int = 1,
     ):
         super().__init__()
-        _check_arguments(channels, num_res_blocks, emb_dim, dropout, num_classes, groups, in_channels)
+        _check_arguments(channels, num_res_blocks, emb_dim, dropout, num_classes, groups, in_channels,
+                         patch_size)
         channels = list(channels)
-        self.num_classes = num_classes
-        self.downscale = 2 ** (len(channels) - 1)  # input height and width must be multiples of this
+        self.num_classes, self.patch_size = num_classes, patch_size
+        # input height and width must be multiples of this
+        self.downscale = patch_size * 2 ** (len(channels) - 1)
+        c_image = in_channels * patch_size ** 2  # channels of the (patchified) image
 
         def res_block(c_in: int, c_out: int) -> ResBlock:
             return ResBlock(c_in, c_out, emb_dim, dropout, groups)
@@ -169,7 +185,7 @@ class ConditionalUNet(nn.Module):
         )
         self.label_emb = nn.Embedding(num_classes + 1, emb_dim)  # row num_classes = null label
 
-        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.stem = nn.Conv2d(c_image, channels[0], 3, padding=1)
 
         # Encoder: level i keeps one skip (its last feature map) for decoder level i.
         self.encoder = nn.ModuleList()
@@ -196,7 +212,7 @@ class ConditionalUNet(nn.Module):
             c_prev = c
 
         self.head = nn.Sequential(
-            group_norm(channels[0], groups), nn.SiLU(), nn.Conv2d(channels[0], in_channels, 3, padding=1)
+            group_norm(channels[0], groups), nn.SiLU(), nn.Conv2d(channels[0], c_image, 3, padding=1)
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,11 +220,13 @@ class ConditionalUNet(nn.Module):
         if x.shape[-2] % self.downscale != 0 or x.shape[-1] % self.downscale != 0:
             raise ValueError(
                 f"image size {tuple(x.shape[-2:])} is not divisible by {self.downscale} "
-                f"(the network halves it {len(self.encoder) - 1} times)"
+                f"(the network halves it {len(self.encoder) - 1} times"
+                + (f" after {self.patch_size}x{self.patch_size} patches)" if self.patch_size > 1 else ")")
             )
         emb = self.time_emb(t) + self.label_emb(y)  # (B, emb_dim)
 
-        h = self.stem(x)
+        p = self.patch_size
+        h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)  # (B, C p^2, H/p, W/p) into the stem
         skips = []
         for blocks, down in zip(self.encoder, self.downsamples):
             for block in blocks:
@@ -224,7 +242,8 @@ class ConditionalUNet(nn.Module):
                 h = block(h, emb)
             h = up(h)
 
-        return self.head(h)
+        out = self.head(h)  # (B, C p^2, H/p, W/p)
+        return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C, H, W)
 
 
 def build_model(model_cfg) -> ConditionalUNet:

@@ -152,3 +152,34 @@ def test_invalid_arguments_raise(kwargs):
 def test_count_parameters_counts_every_scalar():
     layer = torch.nn.Linear(3, 4).requires_grad_(False)
     assert count_parameters(layer) == 3 * 4 + 4
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_patch_size_2_keeps_the_image_shape(in_channels):
+    model = tiny(patch_size=2, in_channels=in_channels)
+    assert model.stem.in_channels == 4 * in_channels        # 2x2 patches become channels
+    assert model.head[-1].out_channels == 4 * in_channels
+    x = torch.randn(3, in_channels, 28, 28)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 5, 9]), torch.tensor([1, 2, NULL]))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_patch_size_2_sees_every_pixel_of_its_patch():
+    # pixel unshuffle in, pixel shuffle out: a change in any pixel of a 2x2 patch reaches the
+    # output at that patch (and the image is not just subsampled)
+    model = tiny(patch_size=2)
+    x, t, y = batch(1)
+    with torch.no_grad():
+        base = model(x, t, y)
+        for dy, dx in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+            x2 = x.clone()
+            x2[..., 10 + dy, 10 + dx] += 1.0
+            assert (model(x2, t, y) - base)[..., 10:12, 10:12].abs().sum() > 0
+
+
+def test_patch_size_limits_the_levels():
+    with pytest.raises(ValueError, match="at most 2 levels with patch_size 2"):
+        ConditionalUNet(channels=(8, 16, 32), emb_dim=16, patch_size=2)
+    with pytest.raises(ValueError, match="patch_size must divide 28"):
+        ConditionalUNet(channels=(8,), emb_dim=16, patch_size=3)
