@@ -93,8 +93,9 @@ class TrainConfig:
                                  "so far (0 = a fixed ema_decay)", lo=0.0, hi=1.0)
     ema_warmup_steps: int = _f(0, "steps before the EMA starts averaging (it copies until then)",
                                lo=0)
-    amp: Literal["auto", "off", "bf16", "fp16"] = _f("auto", "mixed precision (auto: bf16 on CUDA, "
-                                                             "off on CPU)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = _f("auto", "mixed precision (auto: bf16 on CUDA "
+                                                             "and on CPUs with bf16 units (AMX, "
+                                                             "AVX512-BF16), else fp32)")
     compile: bool = _f(False, "torch.compile the model (CUDA)")
     channels_last: bool = _f(False, "use channels_last memory format (CUDA)")
     seed: int = _f(0, "random seed", lo=0)

@@ -318,3 +318,14 @@ def test_disk_full_while_checkpointing_is_one_line(synthetic_dir, tmp_path, monk
     assert ckpts == ["last.pt", "step-000010.pt"]  # no temp files, no lone step file
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 10
     assert not list((tmp_path / "r").rglob("*.tmp"))
+
+
+def test_amp_auto_on_a_cpu_follows_its_bf16_units(monkeypatch):
+    cpu = torch.device("cpu")
+    assert isinstance(training.cpu_has_bf16(), bool)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.amp_dtype("auto", cpu) is torch.bfloat16
+    assert training.amp_dtype("off", cpu) is None
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.amp_dtype("auto", cpu) is None
+    assert training.amp_dtype("bf16", cpu) is torch.bfloat16  # asked for explicitly
