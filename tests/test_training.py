@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, synthetic_overrides
 from torch import nn
+from PIL import Image
 from typer.testing import CliRunner
 
 from mnistdiff import diffusion, training
@@ -329,3 +330,24 @@ def test_amp_auto_on_a_cpu_follows_its_bf16_units(monkeypatch):
     monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
     assert training.amp_dtype("auto", cpu) is None
     assert training.amp_dtype("bf16", cpu) is torch.bfloat16  # asked for explicitly
+
+
+def test_patch_size_2_trains_resumes_and_samples(synthetic_dir, tmp_path, monkeypatch):
+    # cpu-quick's and the bundled model's layout, end to end on the tiny config
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    common = ["--data-dir", str(synthetic_dir), "--set", "data.verify=false", "--device", "cpu",
+              "--no-progress", "--set", "model.patch_size=2", "--set", "sample.steps=2"]
+    first = runner.invoke(app, ["train", "-c", str(TINY), "--out", "runs/p", "--set",
+                                "train.max_steps=3", *common])
+    assert first.exit_code == 0, first.output
+    more = runner.invoke(app, ["train", "--resume", "runs/p", "--set", "train.max_steps=4",
+                               *common])
+    assert more.exit_code == 0, more.output
+    ckpt = load_checkpoint("runs/p/checkpoints/last.pt")
+    assert ckpt["step"] == 4 and ckpt["config"]["model"]["patch_size"] == 2
+    assert ckpt["model"]["stem.weight"].shape[1] == 4  # 2x2 patches of one channel
+    out = runner.invoke(app, ["sample", "-k", "runs/p", "--digit", "3", "--n", "2", "--steps",
+                              "2", "-o", "p.png"])
+    assert out.exit_code == 0, out.output
+    assert Image.open("p.png").size[0] > 28
