@@ -126,11 +126,12 @@ def resolve_model(spec: str | Path | None = None, runs_dir: str | Path = RUNS_DI
 # --------------------------------------------------------------------------------- bundling
 
 def bundle(checkpoint: str | Path, name: str, card: dict, *, sample: dict | None = None,
-           models_dir: Path = MODELS_DIR) -> dict:
+           half: bool = False, models_dir: Path = MODELS_DIR) -> dict:
     """Make a run's checkpoint a bundled model: write ``<name>/model.pt`` (its EMA weights, or
     the raw ones without an EMA, as the checkpoint's only weights; no optimizer or RNG state),
     ``<name>/card.json`` and the manifest entry with both SHA-256 sums. ``sample`` overrides the
-    stored sampler defaults (e.g. {"guidance": 1.5}). Returns the manifest entry.
+    stored sampler defaults (e.g. {"guidance": 1.5}). ``half`` stores the floating-point weights
+    as float16 (half the file; loading casts them back to float32). Returns the manifest entry.
 
     The weights go through ``model_from_checkpoint`` first, so a bundle always loads."""
     import dataclasses
@@ -150,7 +151,8 @@ def bundle(checkpoint: str | Path, name: str, card: dict, *, sample: dict | None
         "format": FORMAT, "format_version": FORMAT_VERSION, "version": ckpt.get("version"),
         "created": ckpt.get("created"), "config": config_to_dict(cfg),
         "step": ckpt.get("step"), "epoch": ckpt.get("epoch"), "batch": ckpt.get("batch"),
-        "model": {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
+        "model": {k: (v.half() if half and v.is_floating_point() else v).detach().clone()
+                  .contiguous() for k, v in model.state_dict().items()},
         "ema": None, "optimizer": None, "scheduler": None, "scaler": None, "rng": None,
         "train_seconds": ckpt.get("train_seconds"), "images_seen": ckpt.get("images_seen"),
     }
@@ -164,7 +166,7 @@ def bundle(checkpoint: str | Path, name: str, card: dict, *, sample: dict | None
     model_path = write_atomic(folder / "model.pt", buffer.getvalue())
     card = {"name": name, "dataset": cfg.data.dataset, **card,
             "bundled": {"date": datetime.now(timezone.utc).date().isoformat(),
-                        "mnistdiff_version": __version__, "weights": "EMA, float32",
+                        "mnistdiff_version": __version__, "weights": f"EMA, float{16 if half else 32}",
                         "sampler_defaults": dataclasses.asdict(cfg.sample)}}
     card_path = write_atomic(folder / "card.json", (json.dumps(card, indent=2) + "\n").encode())
     entry = {"dataset": cfg.data.dataset, "file": f"{name}/model.pt",

@@ -36,6 +36,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    p.add_argument("--as-configured", action="store_true",
+                   help="time only the config's own train.amp / train.compile setting")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p.parse_args()
 
@@ -89,7 +91,9 @@ def main() -> None:
     cfg = load_config(args.config, args.sets)
     device = training.setup_runtime(args.device, "off").device
     results = []
-    for amp, compile_ in variants(device, not args.no_compile):
+    pairs = ([(cfg.train.amp, cfg.train.compile)] if args.as_configured
+             else variants(device, not args.no_compile))
+    for amp, compile_ in pairs:
         variant = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, amp=amp,
                                                                      compile=compile_))
         results.append(measure(variant, args.device, args.steps, args.warmup))

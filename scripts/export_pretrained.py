@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guidance only at timesteps with lo <= t/(T-1) <= hi")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     p.add_argument("--note", action="append", default=[], help="a line for the card's notes")
     p.add_argument("--out", default=str(MODELS_DIR), help="models folder")
     args = p.parse_args()
@@ -93,7 +94,7 @@ def main() -> None:
     sample = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps),
                                 ("guidance", args.guidance), ("guidance_interval", interval))
               if v is not None}
-    entry = bundle(path, args.name, card, sample=sample or None, models_dir=Path(args.out))
+    entry = bundle(path, args.name, card, sample=sample or None, half=args.half, models_dir=Path(args.out))
     print(f"bundled {path} as '{args.name}': {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, "
           f"sha256 {entry['sha256'][:12]}...), {entry['card']}")
 
