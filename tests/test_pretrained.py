@@ -101,6 +101,24 @@ def test_bundle_writes_weights_card_and_pinned_checksums(models_dir, tiny_checkp
     assert bundled["config"]["sample"]["guidance"] == 1.5
 
 
+def test_bundle_in_half_precision_halves_the_file_and_loads_as_float32(models_dir, tiny_checkpoint):
+    half = pretrained.bundle(tiny_checkpoint, "tiny16", {"training": {"command": "test"}},
+                             half=True, models_dir=models_dir)
+    full = pretrained.manifest(models_dir)["tiny"]
+    assert half["bytes"] < 0.6 * full["bytes"]
+    assert pretrained.model_card("tiny16", models_dir)["bundled"]["weights"] == "EMA, float16"
+    stored = load_checkpoint(pretrained.bundled_checkpoint("tiny16", models_dir))
+    ema = load_checkpoint(tiny_checkpoint)["ema"]
+    for key, value in stored["model"].items():
+        assert value.dtype == (torch.float16 if ema[key].is_floating_point() else ema[key].dtype)
+        assert torch.equal(value, ema[key].to(value.dtype))  # the EMA, rounded to float16
+    model, _ = model_from_checkpoint(stored)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    pipe = mnistdiff.load(str(pretrained.bundled_checkpoint("tiny16", models_dir)), device="cpu")
+    out = pipe.sample([3], n=2, steps=2, seed=0)
+    assert out.images.shape == (2, 28, 28)
+
+
 def test_resolution_order(models_dir, tiny_checkpoint, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     resolve = lambda spec: pretrained.resolve_model(spec, runs_dir=runs, models_dir=models_dir)  # noqa: E731
