@@ -269,7 +269,7 @@ def distill(
 # --------------------------------------------------------------------------------- sample, animate, summarize
 
 CheckpointOpt = typer.Option(None, "--checkpoint", "-k", metavar="NAME|PATH",
-                             help="A bundled model (mnist, mnist-fast, fashion-mnist), a "
+                             help="A bundled model (mnist, mnist-small, mnist-fast, fashion-mnist), a "
                                   "checkpoint file, a run folder or 'latest' (default: the "
                                   "newest run under runs/, "
                                   "else the bundled mnist). An existing path wins over a name.",

@@ -55,7 +55,10 @@ def main() -> None:
     p.add_argument("--command", required=True, help="the exact training command")
     p.add_argument("--hardware", required=True, help="where it trained, in words")
     p.add_argument("--report", action="append", default=[], metavar="LABEL=PATH",
-                   help="an evaluate report JSON to put on the card (repeatable)")
+                   help="an evaluate report JSON to put on the card (repeatable); "
+                        "PATH#W keeps only its rows at guidance W (one setting of a sweep)")
+    p.add_argument("--torch", default=torch.__version__,
+                   help="the PyTorch version it trained with (default: this one)")
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
@@ -73,7 +76,9 @@ def main() -> None:
     metrics = []
     for item in args.report:
         label, _, report_path = item.partition("=")
-        metrics += metrics_of(label, json.loads(Path(report_path).read_text()))
+        report_path, _, guidance = report_path.partition("#")
+        rows = metrics_of(label, json.loads(Path(report_path).read_text()))
+        metrics += [r for r in rows if not guidance or r["guidance"] == float(guidance)]
     card = {
         "training": {
             "command": args.command, "config_file": args.config,
@@ -83,7 +88,7 @@ def main() -> None:
             "hardware": args.hardware, "device": summary.get("device"),
             "wall_seconds": round(ckpt["train_seconds"], 1),
             "images_per_s": round(ckpt["images_seen"] / ckpt["train_seconds"], 1),
-            "mnistdiff_version": ckpt["version"], "torch": torch.__version__,
+            "mnistdiff_version": ckpt["version"], "torch": args.torch,
             "finished": ckpt["created"],
         },
         "metrics": metrics,

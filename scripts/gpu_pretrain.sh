@@ -7,7 +7,7 @@
 # 1. times both configs' training steps concurrently on random images (scripts/bench_train.py),
 #    as they will run, and sets each run's train.max_steps to fill TRAIN_SECONDS (default 270)
 #    so the cosine learning-rate decay ends on time;
-# 2. trains configs/pretrained-mnist-gpu.yaml and configs/pretrained-fashion-mnist-gpu.yaml at
+# 2. trains configs/pretrained-mnist.yaml and configs/pretrained-fashion-mnist.yaml at
 #    the same time (small U-Nets leave the GPU idle between kernel launches, so two processes
 #    share it well); a run that overruns by a minute is stopped by SIGTERM, which writes a checkpoint;
 # 3. exports each EMA as OUT/<name>.pt (a bundle checkpoint, pretrained.bundle with half=True);
@@ -33,7 +33,7 @@ $py -c "import torch, mnistdiff; print('torch', torch.__version__, 'mnistdiff', 
 
 log "1. throughput, both at once"
 for m in "${names[@]}"; do
-  timeout 150 $py scripts/bench_train.py -c "configs/pretrained-$m-gpu.yaml" --device "$device" \
+  timeout 150 $py scripts/bench_train.py -c "configs/pretrained-$m.yaml" --device "$device" \
     --as-configured --steps "${BENCH_STEPS:-60}" --warmup "${BENCH_WARMUP:-15}" --json "${sets[@]}" > "$work/reports/bench-$m.json" &
 done
 wait
@@ -47,7 +47,7 @@ done
 
 log "2. training, both at once, ${budget}s"
 for m in "${names[@]}"; do
-  timeout $((budget + 60)) $py -m mnistdiff train -c "configs/pretrained-$m-gpu.yaml" -o "$work/$m" \
+  timeout $((budget + 60)) $py -m mnistdiff train -c "configs/pretrained-$m.yaml" -o "$work/$m" \
     --device "$device" --data-dir "${data[$m]}" --no-progress "${sets[@]}" -s "train.max_steps=${steps[$m]}" \
     > "$work/train-$m.log" 2>&1 &
 done

@@ -26,7 +26,7 @@ from mnistdiff.files import sha256_file
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 SHIPPED = {"mnist": "mnist", "fashion-mnist": "fashion-mnist",
-           "mnist-fast": "mnist"}  # name -> dataset
+           "mnist-fast": "mnist", "mnist-small": "mnist"}  # name -> dataset
 
 
 # --------------------------------------------------------------------------------- the shipped files
@@ -68,7 +68,9 @@ def test_bundled_mnist_draws_the_digits_asked_for():
 def test_bundled_student_draws_the_digits_in_four_passes():
     """mnist-fast: its stored 4 DDIM steps, one conditional pass each, read back as asked."""
     pipe = mnistdiff.load("mnist-fast", device="cpu")
+    # distilled from 0.3's 'mnist', shipped since 0.5 as 'mnist-small': the pinned file is its teacher
     assert pipe.config.distill.teacher == "mnist"
+    assert pipe.config.distill.teacher_sha256 == pretrained.manifest()["mnist-small"]["sha256"]
     out = pipe.sample(list(range(10)), n=2, seed=1)
     assert out.nfe == 4 and out.passes == 4
     _, preds = run_classifier(load_classifier("mnist"), out.images)
