@@ -36,22 +36,20 @@ def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def image_grid(images: torch.Tensor | np.ndarray, nrow: int, padding: int = 2, scale: int = 1,
                pad_value: int = 0) -> Image.Image:
-    """Tile N images into rows of ``nrow`` with ``padding`` pixels between them; upscale by
-    ``scale`` with nearest-neighbour so pixels stay crisp (``torchvision.utils.make_grid``)."""
-    from torchvision.utils import make_grid
-
-    imgs = torch.from_numpy(as_uint8(images))[:, None]  # (N, 1, H, W) uint8
-    n, _, h, w = imgs.shape
+    """Tile N images into rows of ``nrow`` cells with ``padding`` pixels around and between
+    them (``torchvision.utils.make_grid``'s layout; the last row is completed with blank cells);
+    upscale by ``scale`` with nearest-neighbour so pixels stay crisp. Plain numpy: importing
+    torchvision for this took ~2 s of every ``mnistdiff sample`` on a 2-core CPU."""
+    imgs = as_uint8(images)  # (N, H, W)
+    n, h, w = imgs.shape
     rows = -(-n // nrow)
-    # make_grid narrows a short single row to its images and returns a lone image unpadded:
-    # blank cells complete the last row (and add one when there is a single image), and the
-    # crop below removes any extra row, so every grid has rows x nrow cells.
-    blank = rows * nrow - n + (nrow if n == 1 else 0)
-    if blank:
-        imgs = torch.cat([imgs, imgs.new_full((blank, 1, h, w), pad_value)])
-    canvas = make_grid(imgs, nrow=nrow, padding=padding, pad_value=pad_value)[0]
-    canvas = canvas[:rows * (h + padding) + padding, :nrow * (w + padding) + padding]
-    grid = Image.fromarray(canvas.contiguous().numpy(), mode="L")
+    canvas = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value,
+                     dtype=np.uint8)
+    for k, img in enumerate(imgs):
+        r, c = divmod(k, nrow)
+        top, left = r * (h + padding) + padding, c * (w + padding) + padding
+        canvas[top:top + h, left:left + w] = img
+    grid = Image.fromarray(canvas, mode="L")
     if scale != 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     return grid

@@ -41,6 +41,26 @@ def test_image_grid_places_images_row_major():
     assert image_grid(imgs, nrow=3, scale=3).size == (3 * (3 * CELL + 2), 3 * (2 * CELL + 2))
 
 
+@pytest.mark.parametrize("n, nrow, padding, pad_value", [(1, 1, 2, 0), (1, 4, 2, 0), (5, 3, 2, 0),
+                                                       (6, 3, 0, 0), (7, 10, 3, 255), (12, 4, 2, 7)])
+def test_image_grid_matches_torchvisions_make_grid_layout(n, nrow, padding, pad_value):
+    """The canvas of make_grid on rows x nrow cells. make_grid alone narrows a short single row
+    and returns a lone image unpadded, so blank cells complete the rows (one more row for a
+    single image) and the extra row is cropped, as mnistdiff did before it tiled by itself."""
+    from torchvision.utils import make_grid
+
+    imgs = digits(n)
+    h = w = CELL - 2
+    rows = -(-n // nrow)
+    blank = rows * nrow - n + (nrow if n == 1 else 0)
+    padded = np.concatenate([imgs, np.full((blank, h, w), pad_value, np.uint8)])
+    expected = make_grid(torch.from_numpy(padded)[:, None], nrow=nrow, padding=padding,
+                         pad_value=pad_value)[0].numpy()
+    expected = expected[:rows * (h + padding) + padding, :nrow * (w + padding) + padding]
+    assert np.array_equal(np.asarray(image_grid(imgs, nrow=nrow, padding=padding,
+                                                pad_value=pad_value)), expected)
+
+
 def test_labelled_grid_is_the_plain_grid_with_a_label_column():
     imgs = digits(3 * 4)
     grid = np.asarray(labelled_grid(imgs, ["0", "1", "2"]))
