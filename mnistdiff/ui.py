@@ -730,8 +730,9 @@ def make_server(host: str = "127.0.0.1", port: int = 0, *, checkpoint: str | Pat
                 models_dir: Path = MODELS_DIR, runs_dir: Path = RUNS_DIR, device: str = "auto",
                 verbose: bool = False, preload: bool = True) -> Server:
     """A ready server (not yet serving): port 0 picks a free port (see ``server.url``).
-    ``preload`` loads the default model now and warms the image path (the first grid imports
-    torchvision, which takes seconds), so the first Generate streams at once."""
+    ``preload`` loads the default model now and draws one grid as a PNG (first-use costs of the
+    image path; before 0.5 the first grid imported torchvision, ~2 s), so the first Generate
+    streams at once."""
     app = App(checkpoint=checkpoint, models_dir=models_dir, runs_dir=runs_dir, device=device)
     if preload:
         import numpy as np
