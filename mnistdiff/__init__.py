@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 __all__ = ["load", "Pipeline", "__version__"]
 
 if TYPE_CHECKING:

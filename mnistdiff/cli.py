@@ -294,6 +294,10 @@ GuidanceIntervalOpt = typer.Option(None, "--guidance-interval", metavar="LO,HI",
                                    "conditional pass at the other steps (cheaper); 0,1 guides "
                                    "every step (default: the checkpoint's "
                                    "sample.guidance_interval).", show_default=False)
+SpacingOpt = typer.Option(None, "--spacing", help="How the steps spread over the timesteps: "
+                          "linspace, trailing or karras (short steps at low noise; "
+                          "samplers.timesteps) (default: the checkpoint's sample.spacing).",
+                          show_default=False)
 EtaOpt = typer.Option(None, "--eta", help="DDIM noise, 0 (deterministic) to 1.", show_default=False)
 SeedOpt = typer.Option(None, "--seed", help="Random seed (default: the checkpoint's sample.seed).",
                        show_default=False)
@@ -311,6 +315,11 @@ def _interval_option(text: Optional[str]) -> Optional[tuple[float, ...]]:
         raise MnistdiffError(f"--guidance-interval: expected two comma-separated numbers LO,HI "
                              f"like 0.1,0.8, got '{text}'")
     return values
+
+
+def _describe_steps(s) -> str:
+    """'20 steps' or, off the default linspace grid, '20 karras steps'."""
+    return f"{s.steps} " + ("" if s.spacing == "linspace" else f"{s.spacing} ") + "steps"
 
 
 def _describe_guidance(s) -> str:
@@ -356,6 +365,7 @@ def sample(
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
     seed: Optional[int] = SeedOpt, guidance_interval: Optional[str] = GuidanceIntervalOpt,
+    spacing: Optional[str] = SpacingOpt,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass "
                                              "(default: the checkpoint's sample.batch_size).",
                                              show_default=False),
@@ -385,7 +395,7 @@ def sample(
     _check_scale(scale)
     drawing = _read_drawing(init_image, mask)
     pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
-                                  seed, _interval_option(guidance_interval)),
+                                  seed, _interval_option(guidance_interval), spacing),
                                   {"--out": out_path, "--npz": npz},
                                   {"--out": (".png",), "--npz": (".npz",)},
                                   folders={"--individual": individual})
@@ -406,7 +416,7 @@ def sample(
     if drawing is not None:
         what += f", completing {init_image}" + (f" (resample {resample})" if resample > 1 else "")
     out.print(f"{total} images ({what}) with {s.sampler}, "
-              f"{s.steps} steps, {_describe_guidance(s)}, seed {s.seed}: {nfe} NFE, "
+              f"{_describe_steps(s)}, {_describe_guidance(s)}, seed {s.seed}: {nfe} NFE, "
               f"{seconds:.1f} s" + (f"; the grid shows the first {shown} of each digit"
                                     if shown < n else ""))
     _print_written(written)
@@ -518,6 +528,7 @@ def animate(
     sampler: Optional[str] = SamplerOpt, steps: Optional[int] = StepsOpt,
     guidance: Optional[float] = GuidanceOpt, eta: Optional[float] = EtaOpt,
     seed: Optional[int] = SeedOpt, guidance_interval: Optional[str] = GuidanceIntervalOpt,
+    spacing: Optional[str] = SpacingOpt,
     frames: Optional[int] = typer.Option(None, "--frames", help="Frames, denser near the end "
                                          "(default: steps + 1, at most 30).", show_default=False),
     fps: float = typer.Option(10.0, "--fps", help="Frames per second, 0.1 to 50 (GIF delays are "
@@ -542,7 +553,7 @@ def animate(
     check_timing(fps, hold)
     check_animation_path(out_path)
     pipe, wanted, s = _open_model(checkpoint, device, ema, choice, (sampler, steps, guidance, eta,
-                                  seed, _interval_option(guidance_interval)),
+                                  seed, _interval_option(guidance_interval), spacing),
                                   {"--out": out_path, "--strip": strip},
                                   {"--out": (".gif", ".mp4"), "--strip": (".png",)})
     _say_model(pipe)
@@ -553,8 +564,8 @@ def animate(
                                   out_path, fps=fps, hold=hold)]
         if strip is not None:
             written.append(save_image(frame_strip(traj.frames, scale=scale), strip))
-    out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, {s.steps} "
-              f"steps, {_describe_guidance(s)}, seed {s.seed}")
+    out.print(f"{len(traj.frames)} frames of {len(wanted)} digits with {s.sampler}, "
+              f"{_describe_steps(s)}, {_describe_guidance(s)}, seed {s.seed}")
     _print_written(written)
 
 
@@ -618,7 +629,7 @@ def _summary_facts(summary: dict, info: Optional[dict], cfg: Config) -> Table:
                             + ("" if list(sd["guidance_interval"]) == [0.0, 1.0] else
                                f" in t/(T-1) [{sd['guidance_interval'][0]:g}, "
                                f"{sd['guidance_interval'][1]:g}]")
-                            + ("" if sd.get("spacing", "linspace") == "linspace" else
+                            + ("" if (sd.get("spacing") or "linspace") == "linspace" else
                                f", {sd['spacing']} spacing"),
     }
     if cfg.distill.teacher:
@@ -642,7 +653,9 @@ def _summary_facts(summary: dict, info: Optional[dict], cfg: Config) -> Table:
         for row in (info.get("card") or {}).get("metrics", []):
             floor = row.get("real_floor") or {}
             facts[f"measured ({row['label']})"] = (
-                f"n = {row['n']:,}, {row['sampler']} {row['steps']} steps, guidance "
+                f"n = {row['n']:,}, {row['sampler']} {row['steps']} "
+                f"{'' if (row.get('spacing') or 'linspace') == 'linspace' else row['spacing'] + ' '}"
+                f"steps, guidance "
                 f"{row['guidance']:g}: accuracy {row['accuracy']:.2%}, FID {row['fid']:.3f} "
                 f"(real floor {floor.get('fid', float('nan')):.3f})")
     facts_table = Table(show_header=False, box=None)
@@ -680,7 +693,7 @@ def evaluate(
                                         help="Evaluate several guidance scales; also plots them.",
                                         show_default=False),
     eta: Optional[float] = EtaOpt, seed: Optional[int] = SeedOpt,
-    guidance_interval: Optional[str] = GuidanceIntervalOpt,
+    guidance_interval: Optional[str] = GuidanceIntervalOpt, spacing: Optional[str] = SpacingOpt,
     samples: Optional[Path] = typer.Option(None, "--samples", help="Score an existing NPZ "
                                            "(images uint8 (N,28,28), labels (N,)) instead of "
                                            "sampling a checkpoint.", show_default=False),
@@ -710,14 +723,16 @@ def evaluate(
     interval = _interval_option(guidance_interval)
     plot = out_path.with_suffix(".png") if scales is not None and len(scales) > 1 else None
     outputs = {"--out": out_path, "the sweep plot": plot, "--npz": npz}
-    _check_evaluate(outputs, checkpoint, samples, scales, n, batch_size, cas_epochs, npz, interval)
+    _check_evaluate(outputs, checkpoint, samples, scales, n, batch_size, cas_epochs, npz, interval,
+                    spacing)
     if samples is not None:  # score someone's NPZ: no model needed
         cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset)
         images, labels = evaluation.load_npz_samples(samples)
         source, pipe = {"samples": str(samples)}, None
     else:
         pipe, cfg, settings = _evaluation_model(checkpoint, device, ema, outputs, n, scales,
-                                                (sampler, steps, eta, seed, interval), data_dir,
+                                                (sampler, steps, eta, seed, interval, spacing),
+                                                data_dir,
                                                 dataset)
         source = {"checkpoint": pipe.info.get("path"), "model": pipe.info.get("name"),
                   "step": pipe.info.get("step")}
@@ -747,13 +762,14 @@ def evaluate(
 def _check_evaluate(outputs: dict, checkpoint: Optional[str], samples: Optional[Path],
                     scales: Optional[list[float]], n: Optional[int], batch_size: Optional[int],
                     cas_epochs: int, npz: Optional[Path],
-                    interval: Optional[tuple[float, ...]] = None) -> None:
+                    interval: Optional[tuple[float, ...]] = None,
+                    spacing: Optional[str] = None) -> None:
     """``evaluate``'s option checks, before anything is loaded."""
     check_outputs(outputs, {"--samples": samples, "checkpoint": checkpoint if checkpoint and
                             Path(checkpoint).is_file() else None},
                   suffixes={"--out": (".json",), "--npz": (".npz",)})
     if samples is not None and (checkpoint is not None or scales is not None or n is not None
-                                or interval is not None):
+                                or interval is not None or spacing is not None):
         raise MnistdiffError("--samples scores a file: it excludes --checkpoint, --n and guidance")
     if n is not None and n < 2:
         raise MnistdiffError(f"--n: got {n}, must be >= 2 (FID needs a covariance)")
@@ -773,11 +789,12 @@ def _evaluation_model(checkpoint: Optional[str], device: str, ema: bool, outputs
     (pipe, config for the data, [Settings per guidance scale])."""
     from .pipeline import load
 
-    sampler, steps, eta, seed, interval = values
+    sampler, steps, eta, seed, interval, spacing = values
     pipe = load(checkpoint, device=device, ema=ema)
     check_outputs(outputs, {"checkpoint": pipe.info.get("path")})
     cfg = load_cfg(None, None, data_dir=data_dir, dataset=dataset or pipe.config.data.dataset)
-    settings = [pipe.settings(sampler, steps, w, eta, seed, interval) for w in scales or [None]]
+    settings = [pipe.settings(sampler, steps, w, eta, seed, interval, spacing)
+                for w in scales or [None]]
     # All samples and their features are held for scoring: refuse an n that cannot fit.
     check_space({}, memory=(n or pipe.config.eval.n) * (28 * 28 + 8 + 2 * 128 * 4),
                 what=f"{n or pipe.config.eval.n:,} samples and their features")

@@ -110,8 +110,9 @@ class SampleConfig:
     sampler: str = _f("dpmpp", "default sampler", registry="samplers:SAMPLERS")
     steps: int = _f(20, "default sampling steps (<= diffusion.timesteps)", lo=1)
     spacing: str = _f("linspace", "how the steps spread over the timesteps: linspace (T-1 down "
-                                  "to 0) or trailing (even intervals ending at the clean image; "
-                                  "distilled students)", registry="samplers:SPACINGS")
+                                  "to 0), trailing (even intervals ending at the clean image; "
+                                  "distilled students) or karras (EDM's rho = 7 grid in sigma: "
+                                  "short steps at low noise)", registry="samplers:SPACINGS")
     guidance: float = _f(1.0, "classifier-free guidance scale w (0 = unconditional, "
                               "1 = conditional)", lo=0.0, hi=100.0)
     guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: guidance only at timesteps t "

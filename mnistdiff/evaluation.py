@@ -352,11 +352,12 @@ def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Refere
         if say is not None:
             lo, hi = s.guidance_interval
             where = "" if (lo, hi) == (0.0, 1.0) else f" in t/(T-1) [{lo:g}, {hi:g}]"
-            say(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} steps, "
+            grid = "" if s.spacing == "linspace" else f"{s.spacing} "
+            say(f"sampling {per_class * len(classes)} images ({s.sampler}, {s.steps} {grid}steps, "
                 f"guidance {s.guidance:g}{where}) ...")
         result = pipe.sample(classes, per_class, settings=s, batch_size=sample_batch_size)
         row = score(result.images, result.labels, reference, k=k, batch_size=batch_size)
-        row.update(sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+        row.update(sampler=s.sampler, steps=s.steps, spacing=s.spacing, guidance=s.guidance,
                    guidance_interval=list(s.guidance_interval), eta=s.eta,
                    seed=s.seed, nfe=result.nfe, passes=result.passes,
                    sampling_seconds=result.seconds,

@@ -38,7 +38,7 @@ from .config import Config
 from .data import get_spec, to_uint8
 from .diffusion import GuidedEps, get_objective, make_schedule
 from .errors import MnistdiffError
-from .samplers import SAMPLERS, Grid, denoise, step_grid
+from .samplers import SAMPLERS, SPACINGS, Grid, denoise, step_grid
 from .seeding import ImageGenerators
 from .unet import IMAGE_SIZE, count_parameters
 
@@ -70,6 +70,7 @@ class Settings:
     eta: float
     seed: int
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # see diffusion.GuidedEps
+    spacing: str = "linspace"  # how the steps spread over the timesteps (samplers.timesteps)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -172,10 +173,12 @@ class Pipeline:
     def settings(self, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, eta: float | None = None,
                  seed: int | None = None,
-                 guidance_interval: Sequence[float] | None = None) -> Settings:
+                 guidance_interval: Sequence[float] | None = None,
+                 spacing: str | None = None) -> Settings:
         """Fill in the checkpoint's defaults and validate; raises MnistdiffError (one line).
         ``guidance_interval`` (lo, hi): guidance only at timesteps t with lo <= t / (T - 1) <= hi,
-        a single conditional pass elsewhere (``diffusion.GuidedEps``); (0, 1) is everywhere."""
+        a single conditional pass elsewhere (``diffusion.GuidedEps``); (0, 1) is everywhere.
+        ``spacing``: one of ``samplers.SPACINGS`` (how the steps spread over the timesteps)."""
         d, T = self.config.sample, self.schedule.T
         sampler = d.sampler if sampler is None else sampler
         if sampler not in SAMPLERS:
@@ -197,7 +200,10 @@ class Pipeline:
         seed = _integer("seed", d.seed if seed is None else seed, 0, 2**32 - 1)
         interval = _interval(d.guidance_interval if guidance_interval is None
                              else guidance_interval)
-        return Settings(sampler, steps, float(guidance), float(eta), seed, interval)
+        spacing = d.spacing if spacing is None else spacing
+        if spacing not in SPACINGS:
+            raise MnistdiffError(f"unknown spacing '{spacing}'; choose one of {', '.join(SPACINGS)}")
+        return Settings(sampler, steps, float(guidance), float(eta), seed, interval, spacing)
 
     def check_digits(self, digits: int | Sequence[int] | Tensor) -> list[int]:
         """The requested class labels as a list; each must be one the model was trained on."""
@@ -246,9 +252,9 @@ class Pipeline:
         """The generators of images first .. first + count - 1 of a call (module docstring)."""
         return ImageGenerators.for_images(seed, first, count, self.device)
 
-    def _grid(self, steps: int) -> Grid:
-        """The step grid of ``steps`` steps with the model's ``sample.spacing``."""
-        return step_grid(self.schedule, steps, self.config.sample.spacing)
+    def _grid(self, s: Settings) -> Grid:
+        """The step grid of the settings' steps and spacing."""
+        return step_grid(self.schedule, s.steps, s.spacing)
 
     def _noise(self, generators: ImageGenerators) -> Tensor:
         """The starting noise x_T of one batch: (B, C, 28, 28), row b from generator b."""
@@ -315,7 +321,7 @@ class Pipeline:
                  callback: Callable[[dict], None] | None = None) -> Iterator[Samples]:
         labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
         batches = -(-len(labels) // batch_size)
-        grid = self._grid(s.steps)  # one grid for every batch
+        grid = self._grid(s)  # one grid for every batch
         for b, i in enumerate(range(0, len(labels), batch_size)):
             start = time.perf_counter()
             y = labels[i:i + batch_size].to(self.device)
@@ -344,7 +350,7 @@ class Pipeline:
         _integer("frames", frames, 2, states,
                  f" (the noise and the {s.steps} steps; ask for more steps for more frames)")
         keep = frame_indices(states, frames)
-        grid = self._grid(s.steps)
+        grid = self._grid(s)
 
         generators = self._generators(s.seed, 0, len(digits))
         x = self._noise(generators)
@@ -421,7 +427,7 @@ class Pipeline:
         keep = keep.expand(1, channels, -1, -1).to(self.device)
         labels = torch.tensor(digits, dtype=torch.long).repeat_interleave(n)  # (N,)
         batches = -(-len(labels) // batch_size)
-        grid = self._grid(s.steps)
+        grid = self._grid(s)
         ts = grid.ts
         ab = self.schedule.alphas_cumprod.double().cpu().tolist()
 
@@ -489,9 +495,9 @@ class Pipeline:
         stochastic), so the first and the last
         frames are ``sample(digit, 1, seed=seed)`` of each end. ``settings`` (from
         :meth:`settings`, eta 0) gives sampler, steps, guidance and the default seed at once."""
-        interval = None
+        interval = spacing = None
         if settings is not None:
-            interval = settings.guidance_interval
+            interval, spacing = settings.guidance_interval, settings.spacing
             if any(v is not None for v in (sampler, steps, guidance)):
                 raise TypeError("give either settings= or sampler/steps/guidance, not both")
             if settings.eta != 0:
@@ -509,7 +515,7 @@ class Pipeline:
             raise MnistdiffError(f"morph needs a deterministic sampler: "
                                  f"{' or '.join(deterministic)} (eta 0), not {sampler}")
         a, b = self.check_digits(pair_d * (3 - len(pair_d)))
-        s = self.settings(sampler, steps, guidance, 0.0, pair_s[0], interval)
+        s = self.settings(sampler, steps, guidance, 0.0, pair_s[0], interval, spacing)
         sa, sb = (self.settings(seed=v).seed for v in pair_s * (3 - len(pair_s)))
         if (a, sa) == (b, sb):
             raise MnistdiffError(f"morph: both ends are digit {a} with seed {sa}; give two "
@@ -532,7 +538,7 @@ class Pipeline:
             return (1 - mix) * eps_a(x, t) + mix * eps_b(x, t)
 
         x0, _, _ = self._denoise(x, ya, s, self._generators(sa, 0, frames),
-                                 self._grid(s.steps), eps_fn=eps_fn)
+                                 self._grid(s), eps_fn=eps_fn)
         nfe = eps_a.nfe + (eps_b.nfe if eps_b is not eps_a else 0)
         return Morph(to_uint8(x0).squeeze(1).cpu(), alphas, (a, b), (sa, sb), s.sampler, s.steps,
                      s.guidance, nfe, time.perf_counter() - start)

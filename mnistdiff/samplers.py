@@ -55,11 +55,15 @@ def register(name: str, *, stochastic: bool, options: tuple[str, ...] = ()) -> C
     return add
 
 
-SPACINGS = ("linspace", "trailing")
+SPACINGS = ("linspace", "trailing", "karras")
 """How `steps` timesteps are spread over 0..T-1 (``sample.spacing``'s choices)."""
 
+KARRAS_SIGMA_MAX = 80.0  # EDM's σ_max (Karras et al. 2022, Table 1), in VE units σ_t / α_t
+KARRAS_RHO = 7.0         # EDM's ρ
 
-def timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
+
+def timesteps(T: int, steps: int, spacing: str = "linspace",
+              schedule: Schedule | None = None) -> Tensor:
     """`steps` timesteps from T-1 downwards, int64 descending; steps == T gives all of them.
 
     - "linspace": evenly from T-1 down to 0 inclusive. The last evaluation is at t = 0, where
@@ -68,6 +72,12 @@ def timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
       diffusion noise schedules and sample steps are flawed", Table 2): evenly spaced intervals
       that end at the clean image, so every evaluation moves the sample. What few-step students
       (`mnistdiff distill`) are trained on.
+    - "karras": even in σ^(1/ρ) (Karras et al. 2022, "Elucidating the design space", eq. 5,
+      ρ = 7), in VE units σ_t / α_t: the first step at T-1 (where sampling starts), the other
+      N-1 at the timesteps nearest to that grid from min(σ_max = 80, σ_{T-1}) down to σ_0.
+      Short steps at low noise, where the fine detail is drawn, long ones at high noise; the
+      cosine schedule's σ_{T-1} (thousands) is far above where anything is decided, hence the
+      cap. Needs ``schedule`` (the σ of each timestep).
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and the schedule's {T} timesteps, got {steps}")
@@ -76,7 +86,29 @@ def timesteps(T: int, steps: int, spacing: str = "linspace") -> Tensor:
     if spacing == "trailing":
         k = torch.arange(steps, dtype=torch.float64)
         return (T * (steps - k) / steps).round().long() - 1
+    if spacing == "karras":
+        if schedule is None or schedule.T != T:
+            raise ValueError("karras spacing needs the schedule (its σ per timestep)")
+        return _karras_timesteps(schedule, steps)
     raise ValueError(f"unknown spacing {spacing!r}; expected one of {', '.join(SPACINGS)}")
+
+
+def _karras_timesteps(schedule: Schedule, steps: int) -> Tensor:
+    T, rho = schedule.T, KARRAS_RHO
+    log_sigma = (schedule.sqrt_1m_ab.double().cpu() / schedule.sqrt_ab.double().cpu()).log()  # (T,)
+    if steps == 1:
+        return torch.tensor([T - 1])
+    s_max = min(KARRAS_SIGMA_MAX, log_sigma[-1].exp().item())
+    s_min = log_sigma[0].exp().item()
+    # i / (N - 1) over the N = steps - 1 points after T-1; a single point is σ_0 (t = 0)
+    ramp = torch.linspace(0, 1, steps - 1, dtype=torch.float64) if steps > 2 else torch.ones(1)
+    target = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    nearest = (log_sigma[None, :] - target.log()[:, None]).abs().argmin(dim=1)  # (steps-1,)
+    ts = [T - 1]
+    for k, t in enumerate(nearest.tolist()):
+        # strictly descending, leaving room for the timesteps still to come; ends at 0
+        ts.append(max(min(t, ts[-1] - 1), steps - 2 - k))
+    return torch.tensor(ts)
 
 
 class Grid(NamedTuple):
@@ -91,8 +123,8 @@ class Grid(NamedTuple):
 
 
 def step_grid(schedule: Schedule, steps: int, spacing: str = "linspace") -> Grid:
-    """The grid of ``timesteps(schedule.T, steps, spacing)`` on ``schedule``."""
-    ts = timesteps(schedule.T, steps, spacing)
+    """The grid of ``timesteps(schedule.T, steps, spacing, schedule)`` on ``schedule``."""
+    ts = timesteps(schedule.T, steps, spacing, schedule)
     alphas = schedule.sqrt_ab.cpu()[ts].tolist() + [1.0]
     sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist() + [0.0]
     return Grid(ts.tolist(), alphas, sigmas, schedule.T)

@@ -10,7 +10,7 @@ Writes the weights (EMA only), the model card and the manifest entry through
 ``pretrained.bundle``. The card holds the exact training command and config file, steps, images
 seen, device, wall time and the metrics of every ``mnistdiff evaluate`` report given (each
 labelled, with its real floor at the same n and its classification accuracy score).
-Sampler defaults can be changed with --sampler/--steps/--guidance/--guidance-interval
+Sampler defaults can be changed with --sampler/--steps/--spacing/--guidance/--guidance-interval
 (measure them first).
 """
 
@@ -33,7 +33,8 @@ def metrics_of(label: str, report: dict) -> list[dict]:
     floor = report.get("real_floor")
     rows = []
     for row in report["results"]:
-        entry = {"label": label, **{k: row.get(k) for k in ("sampler", "steps", "guidance", "nfe")},
+        entry = {"label": label, **{k: row.get(k) for k in ("sampler", "steps", "spacing",
+                                                            "guidance", "nfe")},
                  **{k: row[k] for k in METRICS},
                  "lowest_class_accuracy": min(c["accuracy"] for c in row["per_class"]
                                               if c["accuracy"] is not None),
@@ -62,6 +63,7 @@ def main() -> None:
     p.add_argument("--sampler", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--spacing", default=None, help="linspace, trailing or karras")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guidance only at timesteps with lo <= t/(T-1) <= hi")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
@@ -97,6 +99,7 @@ def main() -> None:
     interval = (None if args.guidance_interval is None
                 else [float(v) for v in args.guidance_interval.split(",")])
     sample = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps),
+                                ("spacing", args.spacing),
                                 ("guidance", args.guidance), ("guidance_interval", interval))
               if v is not None}
     entry = bundle(path, args.name, card, sample=sample or None, half=args.half, models_dir=Path(args.out))

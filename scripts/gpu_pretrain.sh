@@ -14,6 +14,7 @@
 # 4. evaluates each export: guidance sweeps at n = 10,000 and n = 2,000 (20 steps) and at 10 steps,
 #    most important first, each cut off at DEADLINE seconds after the start (default 560); JSON
 #    reports go into OUT/reports.tar.gz with the training logs and summaries.
+# ONLY="fashion-mnist" (or "mnist") trains and evaluates that model alone, with the whole GPU.
 # DEVICE=cpu with a few seconds of budget and small EVAL_N runs the whole pipeline as a dry run.
 set -uo pipefail
 out=$1 mnist_dir=$2 fashion_dir=$3 budget=${4:-270}
@@ -26,12 +27,14 @@ log() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 pack() { tar -czf "$out/reports.tar.gz" -C "$work" reports $(cd "$work" && ls -d */*.log */summary.json \
              */loss.png */samples 2>/dev/null) 2>/dev/null; }
 declare -A data=([mnist]=$mnist_dir [fashion-mnist]=$fashion_dir)
-names=(mnist fashion-mnist)
+names=(${ONLY:-mnist fashion-mnist})
+for m in "${names[@]}"; do [ -n "${data[$m]+x}" ] || { echo "ONLY: unknown model $m (mnist, fashion-mnist)"; exit 2; }; done
+want() { [[ " ${names[*]} " == *" $1 "* ]]; }
 
 [ "$device" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $py -c "import torch, mnistdiff; print('torch', torch.__version__, 'mnistdiff', mnistdiff.__version__)" || exit 1
 
-log "1. throughput, both at once"
+log "1. throughput, ${names[*]} at once"
 for m in "${names[@]}"; do
   timeout 150 $py scripts/bench_train.py -c "configs/pretrained-$m.yaml" --device "$device" \
     --as-configured --steps "${BENCH_STEPS:-60}" --warmup "${BENCH_WARMUP:-15}" --json "${sets[@]}" > "$work/reports/bench-$m.json" &
@@ -45,7 +48,7 @@ print(max(100, int(r['images_per_s'] / r['batch'] * $budget * 0.92) // 100 * 100
   log "$m: $(grep -o '"images_per_s": [0-9.]*' "$work/reports/bench-$m.json") -> ${steps[$m]} steps"
 done
 
-log "2. training, both at once, ${budget}s"
+log "2. training, ${names[*]} at once, ${budget}s"
 for m in "${names[@]}"; do
   timeout $((budget + 60)) $py -m mnistdiff train -c "configs/pretrained-$m.yaml" -o "$work/$m" \
     --device "$device" --data-dir "${data[$m]}" --no-progress "${sets[@]}" -s "train.max_steps=${steps[$m]}" \
@@ -82,16 +85,16 @@ for x in r["results"]:
           f"FID {x['fid']:.4f} = {x['fid'] / f['fid']:.2f}x, s/100 {x.get('seconds_per_100')}")
 PY
 }
-(
+want mnist && (
   evaluate mnist n10000-i60 --n "$n_big" --guidance-sweep 1,1.25,1.5,1.75,2,2.5
   evaluate mnist n2000-i60 --n "$n_small" --guidance-sweep 1,1.25,1.5,1.75,2,2.5
   evaluate mnist n2000-i60-s10 --n "$n_small" --steps 10 --guidance-sweep 1.25,1.5,2
   evaluate mnist n10000-i0 --n "$n_big" --guidance-interval 0,1 --guidance-sweep 1.25,1.5,2
 ) &
-(
-  evaluate fashion-mnist n10000-i16 --n "$n_big" --guidance-sweep 1,1.5,2,2.5,3
-  evaluate fashion-mnist n2000-i16 --n "$n_small" --guidance-sweep 1,1.5,2,2.5,3
-  evaluate fashion-mnist n10000-i0 --n "$n_big" --guidance-interval 0,1 --guidance-sweep 1.25,1.5,2
+want fashion-mnist && (
+  evaluate fashion-mnist n10000-i0 --n "$n_big" --guidance-interval 0,1 --guidance-sweep 1,1.25,1.5
+  evaluate fashion-mnist n2000-i0 --n "$n_small" --guidance-interval 0,1 --guidance-sweep 1,1.25,1.5
+  evaluate fashion-mnist n10000-i16 --n "$n_big" --guidance-sweep 1.5,2,2.5
 ) &
 wait
 pack

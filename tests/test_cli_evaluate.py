@@ -32,7 +32,7 @@ def test_evaluate_checkpoint_sweep(tiny_checkpoint, mnist_dir, tmp_path):
     for row in data["results"]:
         assert row["n"] == 40 and row["steps"] == 5 and row["sampler"] == "ddim"
         assert row["nfe"] == 5 and row["fid"] > 0 and 0 <= row["accuracy"] <= 1
-        assert row["guidance_interval"] == [0.0, 0.6]
+        assert row["guidance_interval"] == [0.0, 0.6] and row["spacing"] == "linspace"
         assert [c["n"] for c in row["per_class"]] == [4] * 10  # balanced across classes
     # T = 50, 5 steps at t = 49, 37, 24, 12, 0: t / 49 <= 0.6 at three of them
     assert [r["passes"] for r in data["results"]] == [5, 8]  # w = 0 is one pass everywhere

@@ -89,6 +89,22 @@ def test_guidance_interval_option_is_the_python_api(tiny_checkpoint, tmp_path):
     assert "guidance 2 in t/(T-1) [0, 0.5]" in out
 
 
+def test_spacing_option_is_the_python_api(tiny_checkpoint, tmp_path):
+    npz = tmp_path / "k.npz"
+    out = invoke("sample", "-k", tiny_checkpoint, "--digits", "2,5", "--n", 2, "--steps", 6,
+                 "--spacing", "karras", "--out", tmp_path / "k.png", "--npz", npz)
+    assert "6 karras steps" in out
+    pipe = load(tiny_checkpoint, device="cpu")
+    api = pipe.sample([2, 5], n=2, settings=pipe.settings(steps=6, spacing="karras"))
+    plain = pipe.sample([2, 5], n=2, steps=6)
+    with np.load(npz) as data:
+        assert np.array_equal(data["images"], api.images.numpy())
+        assert not np.array_equal(data["images"], plain.images.numpy())
+    out = invoke("animate", "-k", tiny_checkpoint, "--digit", 4, "--steps", 6, "--frames", 3,
+                 "--spacing", "karras", "--out", tmp_path / "k.gif")
+    assert "6 karras steps" in out
+
+
 def test_animate_writes_the_requested_frames(tiny_checkpoint, tmp_path):
     gif, strip = tmp_path / "d.gif", tmp_path / "strip.png"
     out = invoke("animate", "-k", tiny_checkpoint, "--digits", "0,3", "--steps", 8, "--frames", 5,
@@ -165,6 +181,8 @@ BAD = [
     (["sample", "--guidance-interval", "a,b"], "--guidance-interval: expected two comma-separated"),
     (["sample", "--guidance-interval", "0.8,0.2"], "guidance_interval: got (0.8, 0.2), must be"),
     (["animate", "--guidance-interval", "0,2"], "guidance_interval: got (0.0, 2.0), must be"),
+    (["sample", "--spacing", "cosine"], "unknown spacing 'cosine'; choose one of linspace, "
+                                        "trailing, karras"),
 ]
 
 

@@ -65,6 +65,15 @@ def test_bundled_mnist_draws_the_digits_asked_for():
     assert (background <= 16).float().mean() > 0.97
 
 
+def test_bundled_fashion_model_samples_on_karras_steps_as_measured():
+    """fashion-mnist's default grid is the karras one its card's default metrics were taken on."""
+    pipe = mnistdiff.load("fashion-mnist", device="cpu")
+    s = pipe.settings()
+    assert (s.sampler, s.steps, s.spacing, s.guidance) == ("dpmpp", 20, "karras", 1.25)
+    default = [m for m in pipe.info["card"]["metrics"] if m["label"] == "default"]
+    assert default and all(m["spacing"] == "karras" and m["steps"] == 20 for m in default)
+
+
 def test_bundled_student_draws_the_digits_in_four_passes():
     """mnist-fast: its stored 4 DDIM steps, one conditional pass each, read back as asked."""
     pipe = mnistdiff.load("mnist-fast", device="cpu")

@@ -62,6 +62,41 @@ def test_timesteps_rejects_bad_step_counts(steps):
         timesteps(10, steps)
 
 
+@pytest.mark.parametrize("kind, T_", [("cosine", 250), ("linear", 500), ("linear", 200)])
+@pytest.mark.parametrize("steps", [1, 2, 4, 10, 20, 50])
+def test_karras_timesteps_start_at_the_prior_end_at_zero_and_never_repeat(kind, T_, steps):
+    schedule = make_schedule(kind, T_)
+    ts = timesteps(T_, steps, "karras", schedule)
+    assert len(ts) == steps and ts[0] == T_ - 1 and (ts.diff() < 0).all()
+    if steps > 1:
+        assert ts[-1] == 0
+
+
+def test_karras_timesteps_follow_edm_eq_5_and_crowd_the_low_noise_end():
+    schedule = make_schedule("cosine", 250)
+    sigma = schedule.sqrt_1m_ab.double() / schedule.sqrt_ab.double()  # VE σ of each timestep
+    ts = timesteps(250, 20, "karras", schedule)
+    # after the start at T-1: σ^(1/7) evenly from 80^(1/7) down to σ_0^(1/7), to the nearest t
+    root = sigma[ts[1:]] ** (1 / 7)
+    want = torch.linspace(80 ** (1 / 7), sigma[0].item() ** (1 / 7), 19, dtype=torch.float64)
+    assert (root - want).abs().max() < 0.05
+    lin = timesteps(250, 20)
+    assert ts[-2] < lin[-2] / 2  # the last step is shorter than linspace's
+    assert timesteps(250, 250, "karras", schedule).tolist() == list(range(249, -1, -1))
+    with pytest.raises(ValueError, match="needs the schedule"):
+        timesteps(250, 20, "karras")
+
+
+def test_dpmpp_on_karras_steps_follows_the_ode():
+    # uneven steps (r far from 1 in the 2M update) still converge; on these Gaussian data the
+    # error is 0.019 at 20 steps and 0.0016 at 50 (linspace: 0.012, 0.006)
+    x_T = start_noise()
+    ode = pf_ode_map(x_T)
+    err = [(dpmpp(exact_eps, x_T, step_grid(SCHEDULE, n, "karras"), clip_x0=False) - ode).abs().max()
+           for n in (20, 50)]
+    assert err[0] < 0.03 and err[1] < 0.003
+
+
 def test_step_grid_holds_the_timesteps_and_their_coefficients_then_the_clean_image():
     grid = step_grid(SCHEDULE, 4)
     assert grid.ts == timesteps(T, 4).tolist() and grid.T == T

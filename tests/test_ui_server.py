@@ -61,7 +61,7 @@ def test_the_model_card_shows_training_and_measured_quality(server):
     assert card["metrics"] == [{"label": "tiny test", "n": 100, "sampler": "ddim", "steps": 10,
                                 "guidance": 2.0, "accuracy": 0.123, "fid": 45.6, "real_fid": 0.7}]
     assert card["defaults"] == {"sampler": "ddim", "steps": 10, "guidance": 2.0, "eta": 0.0,
-                                "seed": 0, "guidance_interval": [0.0, 1.0]}
+                                "seed": 0, "guidance_interval": [0.0, 1.0], "spacing": "linspace"}
     assert card["timesteps"] == 50 and len(card["classes"]) == 10
     run = json.loads(api(server, "/api/card?model=run:run")[2])
     assert run["metrics"] == [] and "checkpoint" in dict(run["rows"])["model"]
