@@ -120,7 +120,7 @@ class SampleConfig:
                                         "elsewhere ([0, 1] = every step)", lo=0.0, hi=1.0)
     eta: float = _f(0.0, "DDIM eta (0 = deterministic)", lo=0.0, hi=1.0)
     clip_x0: bool = _f(True, "clip the predicted x0 to [-1, 1] at every step")
-    seed: int = _f(0, "sampling seed", lo=0)
+    seed: int = _f(0, "sampling seed", lo=0, hi=2**32 - 1)
     batch_size: int = _f(256, "samples per forward batch", lo=1)
 
 
@@ -373,3 +373,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults <- YAML file <- overrides, validated."""
     d = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(d, list(overrides or [])))
+
+
+def bounds(key: str) -> tuple[float | None, float | None]:
+    """The range [lo, hi] of a numeric field ("sample.guidance" -> (0.0, 100.0)): the one table
+    of limits that the config, the pipeline, the CLI and the page all check against."""
+    section, name = key.split(".")
+    field_ = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return field_.metadata.get("lo"), field_.metadata.get("hi")

@@ -40,6 +40,8 @@ class DatasetSpec:
     sha256: dict[str, str]           # SHA-256 of the *decompressed* files, where known
     system_dirs: tuple[str, ...] = ()
     sizes: tuple[int, int] = (60000, 10000)
+    noun: str = "digit"     # what one image is called in messages ("10 digits x 3")
+    plural: str = "digits"
 
     @staticmethod
     def files(split: str) -> tuple[str, str]:
@@ -72,6 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
         system_dirs=("/usr/share/datasets/fashion-mnist",),
+        noun="item", plural="items",
     ),
 }
 

@@ -1,53 +1,73 @@
-"""Distillation: a student that samples in a few network evaluations, guidance built in.
+"""Distillation: a student that samples in one or two network passes, guidance built in.
 
-    mnistdiff distill --teacher mnist --steps 4 --out runs/mnist-fast
+    mnistdiff distill --teacher mnist --steps 2 --out runs/mnist-fast
 
-The student has the teacher's architecture and starts from its weights. It is trained so that
-ONE deterministic DDIM step of the student, from timestep t to the next timestep s of its own
-N-step grid, lands where the teacher's guided sampler lands after `teacher_steps / N` steps of
-DPM-Solver++(2M) from the same x_t. This is the objective of progressive distillation
-(Salimans & Ho 2022, Algorithm 2) with the teacher's two DDIM steps replaced by K steps of a
-second-order solver, and with classifier-free guidance distilled into the same pass (Meng et
-al. 2023, "On distillation of guided diffusion models", whose first stage matches the guided
-teacher): the student runs one conditional pass per step, no unconditional half.
+The method: trajectory distillation. The guided teacher, run with its own sampler (DPM-Solver++
+on ``distill.teacher_steps`` trailing steps, its guidance and interval: exactly what
+``mnistdiff sample -k TEACHER`` draws), maps starting noise to digits along deterministic
+probability-flow ODE trajectories. ``distill.trajectories`` of them are computed once (phase 1,
+cached by content under ~/.cache/mnistdiff/trajectories, resumable shard by shard), keeping the
+states at the boundaries of the student's grid. The student, which has the teacher's
+architecture and starts from its weights, then learns (phase 2, many epochs over the cache) to
+make ONE deterministic DDIM step of its own N-step trailing grid, from the teacher's state at
+t to the teacher's state at the next boundary s: progressive distillation's target (Salimans &
+Ho 2022, Algorithm 2) with the teacher's whole guided solve as x_s, which also distils the
+guidance into one conditional pass per step (Meng et al. 2023, stage one).
 
-Why this and not consistency distillation: the teacher already predicts v (the
-parametrization progressive distillation needs, section 4 of the paper), the target of each
-student step is exact (no bootstrapping from the student's own EMA, which is what makes
-consistency training need 10-100x more iterations), and one round straight to N steps, with
-a fine teacher solve as the target, avoids the error that compounds over log2(K) halving rounds
-and fits the CPU budget of a 2-core machine. The price is K guided teacher evaluations per
-training example.
-
-The target (Salimans & Ho 2022, Algorithm 2, written with α, σ as in diffusion.py): the student
-DDIM step from x_t to s with clean-image estimate x̂ is
+The student DDIM step from x_t with clean-image estimate x̂ is (DDIM eq. 12, η = 0)
 
     x_s = α_s x̂ + (σ_s / σ_t) (x_t - α_t x̂),
 
-so the x̂ that lands on the teacher's x̃_s is
+so the x̂ that lands exactly on the teacher's x_s is
 
-    x̃ = (x̃_s - (σ_s / σ_t) x_t) / (α_s - (σ_s / σ_t) α_t),        (the distillation target)
+    x̃ = (x_s - (σ_s / σ_t) x_t) / (α_s - (σ_s / σ_t) α_t),        (the distillation target)
 
-and for the last step (s = the clean image, α_s = 1, σ_s = 0) simply x̃ = x̃_s. The loss is the
-MSE between the student's output and the objective's target for (x̃, ε̃ = (x_t - α_t x̃) / σ_t):
-for v-prediction that is the x̂ error weighted by 1 / σ_t² = SNR_t + 1, the "SNR+1" weighting of
-the paper. Training examples x_t come from the forward process on real images, one of the N
-student steps drawn uniformly per example.
+x̃ = x_s for the last step (into the clean image: α_s = 1, σ_s = 0). The loss is the MSE between
+the student's output and the objective's target for (x̃, ε̃ = (x_t - α_t x̃) / σ_t): for
+v-prediction the x̂ error weighted by 1 / σ_t² = SNR_t + 1, the paper's "SNR+1" weighting.
+
+Why this and not the alternatives, on a 2-core CPU with about an hour per model:
+- one round of online progressive distillation (0.5's ``distill``: every training example
+  pays a fresh K-step teacher solve from a noised training image) spends its budget on teacher
+  passes it uses once; here each expensive guided solve (28 teacher passes) is paid once and
+  reused for many epochs, and the targets are the teacher's full-quality solve, not a 4-step one;
+- rounds of halving (4 -> 2 -> 1) compound each round's error (CIFAR-10 FID 3.00 at 4 passes,
+  9.12 at 1) and triple the cost;
+- consistency distillation / ECT and MeanFlow bootstrap from the student itself (an EMA target,
+  or a JVP of the network): 10-100x more updates than exact targets need, which a CPU cannot
+  give in a session, and MeanFlow's JVP doubles each update's cost.
+The price: a student per step count (its grid must lie on the teacher's; 1, 2 or 4 passes on
+the teacher's 20 trailing steps), and a cache of a few hundred MB while training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .config import Config, DistillConfig
-from .diffusion import GuidedEps, Schedule, get_objective, q_sample
+from .diffusion import Schedule, get_objective
 from .errors import ConfigError, MnistdiffError
 from .samplers import step_grid
+from .seeding import mix_seed
 
-CLEAN = -1  # the "timestep" of the clean image (α = 1, σ = 0) in the boundary tensors below
+CLEAN = -1  # the "timestep" of the clean image (α = 1, σ = 0)
+SHARD = 2000  # trajectories per cache file: an equal number of each class
+STORED_STEPS = 4  # the cache keeps the states of the 4-step trailing grid (for 1, 2 or 4 steps)
+CACHE_ENV = "MNISTDIFF_CACHE"
+FORMAT = 1
+
+
+def student_bounds(schedule: Schedule, steps: int) -> list[int]:
+    """The student's grid: its ``steps`` trailing timesteps (T-1 first), then CLEAN."""
+    return step_grid(schedule, steps, "trailing").ts + [CLEAN]
 
 
 def _coefficients(schedule: Schedule, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,142 +80,233 @@ def _coefficients(schedule: Schedule, t: Tensor, x: Tensor) -> tuple[Tensor, Ten
     return a.reshape(shape), s.reshape(shape)
 
 
-class Distiller:
-    """The teacher side of the distillation loss: the student's step grid and the guided
-    teacher solve over each of its steps.
+def step_target(schedule: Schedule, objective, x_t: Tensor, t: Tensor, x_s: Tensor,
+                s: Tensor) -> Tensor:
+    """What the student should output at (x_t, t) so that its DDIM step t -> s lands on x_s:
+    the objective's target for (x̃, ε̃) (module docstring). x_t, x_s (B, C, H, W); t, s (B,)."""
+    a_t, s_t = _coefficients(schedule, t, x_t)
+    a_s, s_s = _coefficients(schedule, s, x_t)
+    ratio = s_s / s_t
+    x_tilde = (x_s - ratio * x_t) / (a_s - ratio * a_t)
+    eps_tilde = (x_t - a_t * x_tilde) / s_t
+    return objective.target(schedule, x_tilde, t, eps_tilde)
 
-    ``bounds`` (N+1,) holds the student's timesteps t_0 > ... > t_{N-1}, then CLEAN; student step
-    k goes from bounds[k] to bounds[k+1]. The teacher covers each in K = teacher_steps / N steps
-    at the timesteps round(t - j (t - s) / K), j = 0..K (never two equal: every student interval
-    is at least K timesteps long, checked here)."""
 
-    def __init__(self, teacher: nn.Module, schedule: Schedule, cfg: Config):
-        dc = cfg.distill
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.schedule, self.objective = schedule, get_objective(cfg.diffusion.objective)
-        self.guidance, self.null_label = dc.guidance, cfg.model.num_classes
-        self.interval = tuple(dc.guidance_interval)
-        self.clip_x0 = cfg.sample.clip_x0
-        steps = cfg.sample.steps
-        grid = step_grid(schedule, steps, cfg.sample.spacing)
-        self.bounds = torch.tensor(grid.ts + [CLEAN], device=schedule.device)  # (N+1,)
-        self.sub = dc.teacher_steps // steps  # K
-        lengths = (self.bounds[:-1] - self.bounds[1:]).tolist()
-        if min(lengths) < self.sub:
-            raise ConfigError(f"distill.teacher_steps={dc.teacher_steps}: the student's "
-                              f"{steps}-step grid ({cfg.sample.spacing} spacing) has a step of "
-                              f"{min(lengths)} timesteps, too short for {self.sub} teacher steps; "
-                              f"use sample.spacing=trailing or fewer teacher_steps")
+# --------------------------------------------------------------------------------- phase 1
 
-    @property
-    def steps(self) -> int:
-        return len(self.bounds) - 1
+@torch.inference_mode()
+def teacher_trajectories(pipe, settings, labels: Tensor, seed: int,
+                         record: list[int]) -> Tensor:
+    """The guided teacher's trajectories for ``labels`` (B,): its starting noise (image i from
+    ``mix_seed(seed, i)``, as ``Pipeline.sample``), then x at each timestep of ``record`` (each
+    on the sampler's grid), then the final image x0: (len(record) + 2, B, C, 28, 28) float32."""
+    grid = step_grid(pipe.schedule, settings.steps, settings.spacing)
+    at = {t: j for j, t in enumerate(record)}
+    missing = [t for t in record if t not in grid.ts]
+    if missing:
+        raise ConfigError(f"distill.teacher_steps: the teacher's grid {grid.ts} does not pass "
+                          f"through the student's timesteps {missing}")
+    out = []
+    for i in range(0, len(labels), pipe.batch_size()):
+        y = labels[i:i + pipe.batch_size()].to(pipe.device)
+        generators = pipe._generators(seed, i, len(y))
+        z = pipe._noise(generators)
+        states = torch.empty((len(record), *z.shape), device=z.device)
 
-    @torch.no_grad()
-    def teacher_solve(self, x: Tensor, t: Tensor, s: Tensor, y: Tensor) -> Tensor:
-        """The guided teacher's DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2; as
-        samplers.dpmpp, vectorized over per-example intervals) from x at timesteps t (B,) to
-        timesteps s (B,) (CLEAN allowed) in K steps. First order on the first step and on a step
-        into the clean image, where the update is the predicted x0 itself."""
-        eps_fn = GuidedEps(self.teacher, self.schedule, y, self.guidance, self.objective,
-                           null_label=self.null_label, interval=self.interval)
-        K = self.sub
-        x0_prev, h_prev = None, None
-        for j in range(K):
-            u = (t - j * (t - s) / K).round().long()        # (B,) this step's timestep
-            u_next = (t - (j + 1) * (t - s) / K).round().long()
-            a_u, s_u = _coefficients(self.schedule, u, x)
-            a_n, s_n = _coefficients(self.schedule, u_next, x)
-            eps = eps_fn(x, u)
-            x0 = (x - s_u * eps) / a_u  # DDPM eq. 4 solved for x0
-            if self.clip_x0:
-                x0 = x0.clamp(-1, 1)
-            clean = u_next < 0
-            # h = λ_next - λ_u with λ = log(α / σ); infinite into the clean image (unused there)
-            h = torch.where(clean.reshape(a_n.shape), torch.inf,
-                            torch.log(a_n / s_n.clamp(min=1e-12)) - torch.log(a_u / s_u))
-            d = x0
-            if x0_prev is not None:
-                r = h_prev / h
-                d2 = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-                d = torch.where(clean.reshape(a_n.shape), x0, d2)
-            x = torch.where(clean.reshape(a_n.shape), x0,
-                            (s_n / s_u) * x - a_n * torch.expm1(-h) * d)
-            x0_prev, h_prev = x0, h
-        return x
+        def keep(info: dict) -> None:
+            nxt = grid.ts[info["i"] + 1] if info["i"] + 1 < len(grid.ts) else None
+            if nxt in at:
+                states[at[nxt]] = info["x"]
 
-    @torch.no_grad()
-    def target(self, x_t: Tensor, t: Tensor, s: Tensor, y: Tensor) -> Tensor:
-        """What the student should output at (x_t, t, y) so that its DDIM step t -> s lands where
-        the guided teacher does: the objective's target for (x̃, ε̃) (module docstring)."""
-        x_s = self.teacher_solve(x_t, t, s, y)
-        a_t, s_t = _coefficients(self.schedule, t, x_t)
-        a_s, s_s = _coefficients(self.schedule, s, x_t)
-        ratio = s_s / s_t
-        x_tilde = (x_s - ratio * x_t) / (a_s - ratio * a_t)  # the distillation target x̃
-        eps_tilde = (x_t - a_t * x_tilde) / s_t
-        return self.objective.target(self.schedule, x_tilde, t, eps_tilde)
+        x0, _, _ = pipe._denoise(z.clone(), y, settings, generators, grid, keep)
+        out.append(torch.cat([z[None], states, x0[None]]).float().cpu())
+    return torch.cat(out, dim=1)
 
-    def loss(self, student: nn.Module, x0: Tensor, y: Tensor,
-             generator: torch.Generator | None = None) -> Tensor:
-        """The distillation loss on real images x0 (B, C, H, W) with labels y (B,) (module
-        docstring). Random draws (the student step, the noise) come from ``generator``."""
-        b, device = x0.shape[0], x0.device
-        k = torch.randint(0, self.steps, (b,), device=device, generator=generator)
-        t, s = self.bounds[k], self.bounds[k + 1]  # (B,) student step t -> s
-        noise = torch.randn(x0.shape, device=device, dtype=x0.dtype, generator=generator)
-        x_t = q_sample(self.schedule, x0, t, noise)
-        target = self.target(x_t, t, s, y)
-        return (student(x_t, t, y).float() - target).pow(2).mean()
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path("~/.cache/mnistdiff").expanduser())
+
+
+class TrajectoryCache:
+    """The teacher's trajectories for a distillation, in shards of SHARD under a folder named by
+    a hash of everything they depend on (the teacher's file, its settings, the stored
+    timesteps), so students of 1, 2 or 4 steps share them and a changed teacher never reuses
+    them. Each shard file holds ``labels`` (B,), ``states`` (P, B, C, 28, 28) and its key."""
+
+    def __init__(self, dc: DistillConfig, schedule: Schedule, teacher_sha256: str,
+                 classes: int):
+        self.dc, self.classes = dc, classes
+        self.timesteps = student_bounds(schedule, STORED_STEPS)  # T-1, ..., CLEAN
+        identity = {"format": FORMAT, "teacher": teacher_sha256, "steps": dc.teacher_steps,
+                    "spacing": dc.teacher_spacing, "guidance": dc.guidance,
+                    "interval": list(dc.guidance_interval), "timesteps": self.timesteps,
+                    "shard": SHARD}
+        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.folder = cache_root() / "trajectories" / self.key[:16]
+
+    def sizes(self) -> list[int]:
+        """Trajectories per shard: SHARD each, the last one the rest (whole classes)."""
+        n, c = self.dc.trajectories, self.classes
+        full, rest = divmod(n, SHARD)
+        return [SHARD] * full + ([rest // c * c] if rest >= c else [])
+
+    def labels(self, size: int) -> Tensor:
+        return torch.arange(self.classes).repeat_interleave(size // self.classes)
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"shard-{index:04d}.pt"
+
+    def fill(self, teacher_pipe_fn: Callable[[], object], say: Callable[[str], None]) -> None:
+        """Compute the shards that are not there yet (the teacher is loaded only if needed)."""
+        from .files import write_atomic
+
+        todo = [j for j, _ in enumerate(self.sizes()) if not self.path(j).is_file()]
+        if not todo:
+            return
+        pipe = teacher_pipe_fn()
+        s = pipe.settings(sampler="dpmpp", steps=self.dc.teacher_steps,
+                          spacing=self.dc.teacher_spacing, guidance=self.dc.guidance,
+                          guidance_interval=self.dc.guidance_interval)
+        say(f"teacher trajectories: {len(todo)} of {len(self.sizes())} shards to compute with "
+            f"{s.describe()}, into {self.folder}")
+        for j in todo:
+            size = self.sizes()[j]
+            states = teacher_trajectories(pipe, s, self.labels(size), mix_seed(self.dc.seed, j),
+                                          self.timesteps[1:-1])
+            import io
+
+            buffer = io.BytesIO()
+            torch.save({"key": self.key, "index": j, "labels": self.labels(size),
+                        "states": states, "timesteps": self.timesteps}, buffer)
+            write_atomic(self.path(j), buffer.getvalue())
+            say(f"teacher trajectories: shard {j + 1}/{len(self.sizes())} written")
+
+    def load(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(states (P, N, C, 28, 28), labels (N,)) of every shard, on ``device``."""
+        from .errors import CheckpointError
+
+        states, labels = [], []
+        for j, size in enumerate(self.sizes()):
+            try:
+                shard = torch.load(self.path(j), map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 (a damaged cache file: say which)
+                raise CheckpointError(f"{self.path(j)}: damaged trajectory cache file ({e}); "
+                                      f"delete it and run again") from None
+            if shard.get("key") != self.key or shard["states"].shape[1] != size:
+                raise CheckpointError(f"{self.path(j)} belongs to another distillation; delete "
+                                      f"it and run again")
+            states.append(shard["states"])
+            labels.append(shard["labels"])
+        return torch.cat(states, dim=1).to(device), torch.cat(labels).to(device)
+
+
+# --------------------------------------------------------------------------------- phase 2
+
+class TrajectoryLoader:
+    """Batches for ``training``'s loop (BatchLoader's interface: ``len``, ``epoch``): the
+    trajectory indices (B,) of a batch and, per index, the student step k (B,) it trains.
+    Epoch e's order and steps are drawn from generators seeded with (seed, e), so the position
+    in training is the loader's whole state and a resumed run continues exactly."""
+
+    def __init__(self, cache: TrajectoryCache, batch_size: int, seed: int, steps: int,
+                 device: torch.device):
+        self.cache, self.batch_size, self.seed, self.steps = cache, batch_size, seed, steps
+        self.device = device
+        self.states = self.labels = None
+
+    def prepare(self, teacher_pipe_fn: Callable[[], object], say: Callable[[str], None]) -> None:
+        from .files import check_space
+
+        n = self.cache.dc.trajectories
+        check_space({}, memory=n * len(self.cache.timesteps) * 28 * 28 * 4,
+                    what=f"{n:,} teacher trajectories")
+        self.cache.fill(teacher_pipe_fn, say)
+        self.states, self.labels = self.cache.load(self.device)
+
+    def __len__(self) -> int:
+        return max(1, self.cache.dc.trajectories // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        n = self.labels.shape[0]
+        perm = torch.randperm(n, generator=g)
+        ks = torch.randint(0, self.steps, (n,), generator=g)
+        for b in range(start, len(self)):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            yield idx.to(self.device), ks[idx].to(self.device)
+
+
+class StudentLoss:
+    """The loss of a batch (indices, steps) of a TrajectoryLoader (module docstring)."""
+
+    def __init__(self, loader: TrajectoryLoader, schedule: Schedule, objective: str,
+                 steps: int):
+        self.loader, self.schedule = loader, schedule
+        self.objective = get_objective(objective)
+        bounds = student_bounds(schedule, steps)
+        stored = loader.cache.timesteps
+        if any(b not in stored for b in bounds):
+            raise ConfigError(f"sample.steps: got {steps}; a student learns from the teacher's "
+                              f"states at {stored[1:-1]}, so it takes 1, 2 or 4 steps")
+        device = loader.device
+        self.t = torch.tensor(bounds, device=device)  # (N+1,) student step k: t[k] -> t[k+1]
+        self.pos = torch.tensor([stored.index(b) for b in bounds], device=device)
+
+    def __call__(self, student: nn.Module, idx: Tensor, k: Tensor) -> Tensor:
+        states = self.loader.states
+        x_t = states[self.pos[k], idx]       # (B, C, 28, 28) the teacher at the step's start
+        x_s = states[self.pos[k + 1], idx]   # ... and at its end
+        t, s = self.t[k], self.t[k + 1]
+        target = step_target(self.schedule, self.objective, x_t, t, x_s, s)
+        return (student(x_t, t, self.loader.labels[idx]).float() - target).pow(2).mean()
+
+
+def task(cfg: Config, schedule: Schedule, device: torch.device):
+    """What ``training`` runs for a distillation: (loader, loss, a function loading the teacher's
+    weights, one line for the log)."""
+    loader = TrajectoryLoader(TrajectoryCache(cfg.distill, schedule, cfg.distill.teacher_sha256,
+                                              cfg.model.num_classes),
+                              cfg.train.batch_size, cfg.train.seed, cfg.sample.steps, device)
+    loss = StudentLoss(loader, schedule, cfg.diffusion.objective, cfg.sample.steps)
+    return loader, loss, describe(cfg)
 
 
 # --------------------------------------------------------------------------------- setup
 
-# The student's training recipe when the distill config does not say otherwise (what
-# configs/distill-mnist-fast.yaml spells out): from 0.3's bundled MNIST teacher (mnist-small), 477 steps of this
-# at batch 32 already gave 99.7 % class accuracy and FID 1.29 at 4 steps (n = 1,000, real floor
-# 0.65), so a short run with a moderate lr and a progress-tied EMA is enough.
+# The student's training recipe when the distill config does not say otherwise.
 RECIPE = {
-    "batch_size": 32, "max_steps": 1200, "lr": 3e-4, "optimizer": "adamw", "weight_decay": 0.0,
-    "lr_schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.999,
-    "ema_rampup": 0.05, "ema_warmup_steps": 0, "log_every": 50, "sample_every": 400,
-    "checkpoint_every": 200, "keep_last": 2,
+    "batch_size": 64, "max_steps": 3000, "lr": 1e-4, "optimizer": "adamw", "weight_decay": 0.0,
+    "lr_schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.9995,
+    "ema_rampup": 0.1, "ema_warmup_steps": 0, "log_every": 50, "sample_every": 1000,
+    "checkpoint_every": 250, "keep_last": 2, "amp": "off",
 }
 FROM_TEACHER = ("model", "diffusion")  # sections the student must share with its teacher
 
 
 def load_teacher(dc: DistillConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The teacher's network (its EMA weights, frozen, on ``device``) and its checkpoint; a
-    CheckpointError when it cannot be found or read, a MnistdiffError when its file changed
-    since the run started (``teacher_sha256``)."""
-    from .checkpoint import load_checkpoint, model_from_checkpoint
-    from .files import sha256_file
-    from .pretrained import resolve_model
+    """The teacher's network (its EMA weights, frozen, on ``device``) and its info
+    (``models.read``); a CheckpointError when it cannot be found or read, a MnistdiffError when
+    its file changed since the run started (``teacher_sha256``)."""
+    from .models import read
 
-    source = resolve_model(dc.teacher)
-    if dc.teacher_sha256:
-        digest = sha256_file(source.path)
-        if digest != dc.teacher_sha256:
-            raise MnistdiffError(f"the teacher {dc.teacher} ({source.path}) changed since this "
-                                 f"distillation started (SHA-256 {digest[:12]}..., the run "
-                                 f"recorded {dc.teacher_sha256[:12]}...); resume with the same "
-                                 f"teacher or start a new run")
-    ckpt = load_checkpoint(source.path)
-    model, _ = model_from_checkpoint(ckpt, ema=True)
-    return model.to(device).eval().requires_grad_(False), ckpt
+    teacher = read(dc.teacher)
+    if dc.teacher_sha256 and teacher.info["sha256"] != dc.teacher_sha256:
+        raise MnistdiffError(f"the teacher {dc.teacher} ({teacher.info['path']}) changed since "
+                             f"this distillation started (SHA-256 {teacher.info['sha256'][:12]}"
+                             f"..., the run recorded {dc.teacher_sha256[:12]}...); resume with "
+                             f"the same teacher or start a new run")
+    return teacher.model.to(device).eval().requires_grad_(False), teacher.info
 
 
-def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 4,
-                   teacher_steps: int | None = None, guidance: float | None = None) -> Config:
+def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 2) -> Config:
     """The config of a distillation run: the teacher's model, diffusion and data sections, the
     student's sampler (DDIM, ``steps`` trailing steps, one conditional pass: guidance 1), the
-    training RECIPE, then ``overrides`` (nested plain data, e.g. a YAML file plus --set) for the
-    train, distill, data, sample and eval sections. Changing the model or diffusion sections is
-    an error: the student starts from the teacher's weights and predicts the same thing."""
-    from .checkpoint import load_checkpoint
-    from .config import config_from_dict
-    from .files import sha256_file
-    from .pretrained import resolve_model
+    training RECIPE, the teacher's sampler as the distillation target, then ``overrides``
+    (nested plain data, e.g. a YAML file plus --set) for the train, distill, data, sample and
+    eval sections. Changing the model or diffusion sections is an error: the student starts
+    from the teacher's weights and predicts the same thing."""
+    from .config import config_from_dict, config_to_dict
+    from .models import read
 
     overrides = dict(overrides or {})
     for name in FROM_TEACHER:
@@ -203,35 +314,62 @@ def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 
             key = next(iter(overrides[name]))
             raise ConfigError(f"{name}.{key}: a student has its teacher's {name} settings; drop "
                               f"it (distillation starts from the teacher's weights)")
-    source = resolve_model(teacher)
-    stored = load_checkpoint(source.path)["config"]
-    if stored.get("diffusion", {}).get("objective") != "v":
+    source = read(teacher)
+    if source.config.diffusion.objective != "v":
         raise MnistdiffError(f"the teacher {teacher} predicts "
-                             f"{stored.get('diffusion', {}).get('objective')!r}; distillation "
-                             f"needs a v-prediction teacher (diffusion.objective=v): an ε-"
-                             f"prediction student cannot take large steps from pure noise")
-    teacher_sample = stored.get("sample", {})
-    d = {
-        "data": dict(stored.get("data", {})),
-        "model": stored["model"], "diffusion": stored["diffusion"],
-        "train": dict(RECIPE),
-        "sample": {**stored.get("sample", {}), "sampler": "ddim", "steps": steps,
-                   "spacing": "trailing", "guidance": 1.0, "guidance_interval": [0.0, 1.0],
-                   "eta": 0.0},
-        "eval": stored.get("eval", {}),
-        "distill": {"teacher": str(teacher), "teacher_sha256": sha256_file(source.path),
-                    "guidance": teacher_sample.get("guidance", 1.0) if guidance is None
-                    else guidance,
-                    "guidance_interval": teacher_sample.get("guidance_interval", [0.0, 1.0]),
-                    "teacher_steps": 4 * steps if teacher_steps is None else teacher_steps},
-    }
-    d["data"].pop("root", None)  # where the teacher's data was is no business of the student's
+                             f"{source.config.diffusion.objective!r}; distillation needs a "
+                             f"v-prediction teacher (diffusion.objective=v): an ε-prediction "
+                             f"student cannot take large steps from pure noise")
+    stored = config_to_dict(source.config)
+    taught = stored["sample"]
+    d = {"data": {k: v for k, v in stored["data"].items() if k != "root"},
+         "model": stored["model"], "diffusion": stored["diffusion"], "train": dict(RECIPE),
+         "sample": {**taught, "sampler": "ddim", "steps": steps, "spacing": "trailing",
+                    "guidance": 1.0, "guidance_interval": [0.0, 1.0], "eta": 0.0},
+         "eval": stored["eval"],
+         "distill": {"teacher": str(teacher), "teacher_sha256": source.info["sha256"],
+                     "guidance": taught["guidance"],
+                     "guidance_interval": taught["guidance_interval"]}}
     for name, values in overrides.items():
         if isinstance(values, dict) and isinstance(d.get(name), dict):
             d[name].update(values)
         else:
             d[name] = values
     return config_from_dict(d)
+
+
+def prepare(teacher: str | None, steps: int | None, config: str | Path | None,
+            overrides: list[str], out: str | Path | None, resume: str | None
+            ) -> tuple[Config, Path, Path | None]:
+    """What ``mnistdiff distill`` resolves: (the student's config, its run folder, the
+    checkpoint to resume or None). A resumed run keeps its teacher and steps."""
+    from datetime import datetime
+
+    from .config import apply_overrides, read_yaml
+    from .run import prepare_run
+
+    if resume is not None:
+        fixed = [name for name, value in (("--teacher", teacher), ("--steps", steps))
+                 if value is not None]
+        if fixed:
+            raise MnistdiffError(f"{fixed[0]}: a resumed distillation keeps its teacher and "
+                                 f"steps; drop it (change others with --set)")
+        cfg, run_dir, checkpoint = prepare_run(config, overrides, out, resume)
+        if not is_distillation(cfg):
+            raise MnistdiffError(f"{checkpoint} is not a distillation run; continue it with "
+                                 f"mnistdiff train --resume")
+        return cfg, run_dir, checkpoint
+    teacher = teacher or "mnist"
+    steps = 2 if steps is None else steps
+    if steps not in (1, 2, 4) or isinstance(steps, bool):
+        raise MnistdiffError(f"--steps: got {steps}; a student takes 1, 2 or 4 steps (its grid "
+                             f"must lie on the teacher's 20 trailing steps)")
+    d = apply_overrides(read_yaml(config) if config is not None else {}, overrides)
+    cfg = student_config(teacher, d, steps=steps)
+    if out is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"distill-{Path(teacher).stem}-{steps}step-{stamp}"
+    return cfg, Path(out), None
 
 
 def is_distillation(cfg: Config) -> bool:
@@ -244,5 +382,8 @@ def describe(cfg: Config) -> str:
     lo, hi = dc.guidance_interval
     where = "" if (lo, hi) == (0.0, 1.0) else f" in t/(T-1) [{lo:g}, {hi:g}]"
     return (f"distilling {dc.teacher} (guidance {dc.guidance:g}{where}, {dc.teacher_steps} "
-            f"DPM-Solver++ steps) into {cfg.sample.steps} {cfg.sample.sampler} steps "
-            f"({math.ceil(dc.teacher_steps / cfg.sample.steps)} teacher steps per student step)")
+            f"{dc.teacher_spacing} DPM-Solver++ steps, {dc.trajectories:,} trajectories) into "
+            f"{cfg.sample.steps} DDIM step{'s' if cfg.sample.steps > 1 else ''}")
+
+
+_ = math  # (kept for the maths helpers' callers)

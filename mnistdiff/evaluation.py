@@ -34,10 +34,10 @@ from . import __version__
 from .classifier import Classifier, train_classifier
 from .data import find_data_dir, get_spec, load_split, to_model_range
 from .errors import MnistdiffError
-from .files import sha256_file, write_atomic
+from .files import write_atomic
+from .models import ASSETS, Manifest
 
-ASSETS = Path(__file__).parent / "assets"
-MANIFEST = "manifest.json"
+MANIFEST = Manifest.FILE
 METRIC_KEYS = ("dataset", "n", "accuracy", "per_class", "fid", "precision", "recall", "k")
 REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results", "real_floor",
                "cas")
@@ -45,30 +45,24 @@ REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results
 
 # --------------------------------------------------------------------------------- the classifier
 
+def classifiers() -> Manifest:
+    """The bundled classifiers and test-set statistics, pinned in ``assets/manifest.json``."""
+    return Manifest(ASSETS, "bundled classifiers")
+
+
 def classifier_info(dataset: str = "mnist") -> dict:
     """The manifest entry of a dataset: file names, checksums, test accuracy, training settings."""
-    path = ASSETS / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise MnistdiffError(f"cannot read the classifier manifest {path} ({e}); "
-                             f"reinstall mnistdiff") from None
-    if dataset not in manifest:
+    entries = classifiers().entries()
+    if dataset not in entries:
         raise MnistdiffError(f"no bundled classifier for '{dataset}' (have: "
-                             f"{', '.join(manifest)}); train one with scripts/train_classifier.py")
-    return manifest[dataset]
+                             f"{', '.join(entries)}); train one with scripts/train_classifier.py")
+    return entries[dataset]
 
 
 def _verified_asset(dataset: str, kind: str) -> Path:
     """The path of a bundled file ('classifier' or 'reference'), checked against the manifest."""
-    entry = classifier_info(dataset)[kind]
-    path = ASSETS / entry["file"]
-    if not path.is_file():
-        raise MnistdiffError(f"bundled file {path} is missing; reinstall mnistdiff")
-    if sha256_file(path) != entry["sha256"]:
-        raise MnistdiffError(f"bundled file {path} does not match the SHA-256 recorded in "
-                             f"{MANIFEST}; it is corrupted or was changed, reinstall mnistdiff")
-    return path
+    classifier_info(dataset)  # the message for a dataset without a classifier
+    return classifiers().path(dataset, kind)
 
 
 def load_classifier(dataset: str = "mnist", device: torch.device | str = "cpu") -> Classifier:

@@ -60,7 +60,48 @@ def check_writable(path: str | Path, option: str = "output") -> Path:
     if not stat.S_ISREG(mode):
         hint = "; give a file name" if stat.S_ISDIR(mode) else "; write to a regular file"
         raise MnistdiffError(f"{option} {path} is {_kind(mode)}{hint}")
+    if not mode & 0o222:  # even root: a read-only file says "keep me"
+        raise MnistdiffError(f"{option} {path} is read-only; make it writable (chmod u+w) or "
+                             f"choose another name")
     return target
+
+
+def check_folder_writable(path: str | Path, option: str = "output") -> None:
+    """MnistdiffError unless ``path``'s name fits the file system and its nearest existing
+    parent folder is one this process may create files in (checked before any work, so an
+    unwritable folder is not found after an hour of sampling)."""
+    target = target_of(path)
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MnistdiffError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MnistdiffError(f"{option} {path}: cannot create files in {parent} (permission "
+                             f"denied)")
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = max(len(os.fsencode(part)) for part in target.parts[len(parent.parts):] or [""])
+    if longest > name_max:
+        raise MnistdiffError(f"{option} {path}: a name of {longest} bytes is longer than the "
+                             f"{name_max} this file system allows")
+
+
+def check_readable(path: str | Path, option: str = "input") -> Path:
+    """MnistdiffError unless ``path`` is an existing regular file (a FIFO would block the
+    command forever, a folder cannot be read as one); returns it."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise MnistdiffError(f"{option} {path} does not exist") from None
+    except OSError as e:
+        raise MnistdiffError(f"{option} {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise MnistdiffError(f"{option} {path} is {_kind(mode)}; give a regular file")
+    return path
 
 
 def check_outputs(outputs: Mapping[str, str | Path | None],
@@ -83,6 +124,7 @@ def check_outputs(outputs: Mapping[str, str | Path | None],
         if path is None:
             continue
         target = check_writable(path, option)
+        check_folder_writable(path, option)
         if target in input_targets:
             raise MnistdiffError(f"{option} {path} is also this command's {input_targets[target]}; "
                                  f"writing it would destroy it, choose another file")
@@ -102,6 +144,7 @@ def check_outputs(outputs: Mapping[str, str | Path | None],
         if target.exists() and not target.is_dir():
             raise MnistdiffError(f"{option} {folder} exists and is not a folder; give a folder "
                                  f"name")
+        check_folder_writable(target / "x", option)
         if target in input_targets or target in seen:
             other = input_targets.get(target) or seen[target]
             raise MnistdiffError(f"{option} {folder} is also {other}; give it its own folder")
@@ -172,7 +215,8 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     made: list[Path] = staged["folders"] if staged is not None else []
     try:
         _make_parents(target.parent, made)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # A short temp name, so any name the file system allows can be written.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".mnistdiff-", suffix=".tmp")
     except OSError as e:
         raise MnistdiffError(f"cannot write {shown}: {e.strerror}") from None
     try:
@@ -227,6 +271,19 @@ def all_or_nothing() -> Iterator[None]:
         _staged.reset(token)
     for tmp, target in state["files"]:
         os.replace(tmp, target)
+
+
+def check_animation_path(path: str | Path) -> None:
+    """MnistdiffError unless ``path`` is a .gif, or a .mp4 and imageio's ffmpeg plugin is present."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise MnistdiffError(f"{path}: an animation must be a .gif or .mp4 file")
+    if suffix == ".mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401  (imported only to find out whether it is there)
+        except ImportError:
+            raise MnistdiffError("writing MP4 needs imageio's ffmpeg plugin: "
+                                 "pip install imageio[ffmpeg] (or write a .gif)") from None
 
 
 def sha256_file(path: str | Path) -> str:

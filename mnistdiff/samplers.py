@@ -142,6 +142,20 @@ def denoise(eps_fn: EpsFn, x: Tensor, t: int, a_t: float, s_t: float,
     return x0, eps
 
 
+def ddim_sigma(eta: float, a_t: float, s_t: float, a_s: float, s_s: float) -> float:
+    """The noise σ of a DDIM step t -> s (Song et al. 2021, eq. 16):
+    σ = η sqrt((1 - ᾱ_s) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_s); η = 1 is the DDPM posterior's."""
+    return eta * (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0))
+
+
+def ddim_step(x0: Tensor, eps: Tensor, a_s: float, s_s: float, sigma: float = 0.0,
+              noise: Tensor | None = None) -> Tensor:
+    """One DDIM update to timestep s from the predicted (x0, ε) (Song et al. 2021, eq. 12):
+    x_s = α_s x0 + sqrt(σ_s² - σ²) ε + σ z, with z = ``noise`` when σ > 0."""
+    x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
+    return x if sigma == 0 else x + sigma * noise
+
+
 def _noise_like(x: Tensor, generator) -> Tensor:
     if hasattr(generator, "randn_like"):  # seeding.ImageGenerators: one generator per image
         return generator.randn_like(x)
@@ -198,11 +212,8 @@ def ddim(
     for i, t in enumerate(grid.ts):
         a_t, s_t, a_s, s_s = grid.alphas[i], grid.sigmas[i], grid.alphas[i + 1], grid.sigmas[i + 1]
         x0, eps = denoise(eps_fn, x, t, a_t, s_t, clip_x0)
-        # eq. 16: σ = η sqrt((1 - ᾱ_s) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_s)
-        sigma = eta * (s_s / s_t) * math.sqrt(max(1 - (a_t / a_s) ** 2, 0.0))
-        x = a_s * x0 + math.sqrt(max(s_s**2 - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * _noise_like(x, generator)
+        sigma = ddim_sigma(eta, a_t, s_t, a_s, s_s)
+        x = ddim_step(x0, eps, a_s, s_s, sigma, _noise_like(x, generator) if sigma > 0 else None)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x

@@ -16,15 +16,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .data import to_uint8
 from .errors import MnistdiffError
-from .files import write_atomic
+from .files import check_animation_path, write_atomic  # noqa: F401 (re-exported)
 
 
 def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """(N,H,W) or (N,1,H,W) uint8 or float in [-1, 1] -> (N,H,W) uint8 numpy."""
     if isinstance(images, torch.Tensor):
         if images.is_floating_point():
-            images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+            images = to_uint8(images.detach().float())
         images = images.to(torch.uint8).cpu().numpy()
     images = np.asarray(images)
     if images.ndim == 4:
@@ -88,6 +89,17 @@ def labelled_grid(images: torch.Tensor | np.ndarray, names: Sequence[str], *, ma
     return canvas
 
 
+def sample_grid(images: torch.Tensor | np.ndarray, labels: Sequence[int],
+                names: Sequence[str], *, scale: int = 2) -> Image.Image:
+    """The grid ``mnistdiff sample`` writes: a square grid when every image is of one class,
+    else one labelled block of rows per class (``labels`` grouped by class, equal groups)."""
+    labels = [int(c) for c in labels]
+    order = list(dict.fromkeys(labels))  # the classes in the order they appear
+    if len(order) == 1:
+        return image_grid(images, nrow=math.ceil(math.sqrt(len(labels))), scale=scale)
+    return labelled_grid(images, [names[c] for c in order], scale=scale)
+
+
 def add_caption(image: Image.Image, text: str, *, scale: int = 1) -> Image.Image:
     """``image`` with a band of ``text`` (white on black, centred) underneath."""
     font = _font(scale)
@@ -125,32 +137,14 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
     return write_atomic(path, buf.getvalue())
 
 
-def check_animation_path(path: str | Path) -> None:
-    """MnistdiffError unless ``path`` is a .gif, or a .mp4 and imageio's ffmpeg plugin is present."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise MnistdiffError(f"{path}: an animation must be a .gif or .mp4 file")
-    if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401  (imported only to find out whether it is there)
-        except ImportError:
-            raise MnistdiffError("writing MP4 needs imageio's ffmpeg plugin: "
-                                 "pip install imageio[ffmpeg] (or write a .gif)") from None
-
-
-FPS_RANGE = (0.1, 50.0)  # GIF delays are whole centiseconds; under 2 cs players show 10 cs
-MAX_HOLD = 60.0          # seconds
-
-
 def check_timing(fps: float, hold: float) -> None:
-    """MnistdiffError unless 0.1 <= fps <= 50 and 0 <= hold <= 60 (finite). Outside these the
-    frame delays overflow (fps 1e-9, hold inf) or round to 0, which players replace with 0.1 s."""
-    lo, hi = FPS_RANGE
-    if not (math.isfinite(fps) and lo <= fps <= hi):
-        raise MnistdiffError(f"--fps: got {fps:g}, must be between {lo:g} and {hi:g} frames per "
-                             f"second")
-    if not (math.isfinite(hold) and 0 <= hold <= MAX_HOLD):
-        raise MnistdiffError(f"--hold: got {hold:g}, must be between 0 and {MAX_HOLD:g} seconds")
+    """MnistdiffError unless fps and hold are within jobs.LIMITS (0.1-50 frames per second, 0-60
+    s). Outside these the GIF's frame delays (whole centiseconds) overflow or round to 0, which
+    players replace with 0.1 s."""
+    from .jobs import real
+
+    real("--fps", fps, "fps", " frames per second")
+    real("--hold", hold, "hold", " seconds")
 
 
 def gif_bytes(stack: np.ndarray, durations: Sequence[int]) -> bytes:

@@ -301,7 +301,7 @@ def test_a_file_that_is_not_an_npz_is_a_clear_error(tmp_path):
 
 def test_sample_and_score_gives_a_row_per_setting(reference, tiny_checkpoint):
     """issue 12: what `mnistdiff evaluate` runs, as a library call."""
-    from mnistdiff.pipeline import load
+    from mnistdiff.models import load
 
     pipe = load(tiny_checkpoint, device="cpu")
     settings = [pipe.settings(steps=2, guidance=w) for w in (0.0, 2.0)]

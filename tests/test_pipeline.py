@@ -4,6 +4,7 @@ import copy
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ from mnistdiff.checkpoint import load_checkpoint, save_checkpoint
 from mnistdiff.config import load_config
 from mnistdiff.data import to_uint8
 from mnistdiff.errors import CheckpointError, MnistdiffError
-from mnistdiff.pipeline import Pipeline, frame_indices, load, resolve_device, summarize
+from mnistdiff.models import load, summary
+from mnistdiff.pipeline import Pipeline, frame_indices, resolve_device
 from mnistdiff.samplers import SAMPLERS, step_grid
 from mnistdiff.seeding import ImageGenerators, mix_seed
 from mnistdiff.unet import ConditionalUNet, count_parameters
@@ -100,7 +102,7 @@ def test_the_batch_size_does_not_change_the_images(sampler):
     runs = [pipe.sample([2, 5, 8], n=5, settings=s, batch_size=b) for b in (1, 7, 64)]
     assert all(torch.equal(r.images, runs[0].images) for r in runs[1:])
     assert all(torch.equal(r.labels, runs[0].labels) for r in runs[1:])
-    assert torch.equal(pipe.sample_live([2, 5, 8], n=5, settings=s, batch_size=7).images,
+    assert torch.equal(pipe.sample([2, 5, 8], n=5, settings=s, batch_size=7, on_step=lambda info: None).images,
                        runs[0].images)
     assert torch.equal(pipe.sample([5], n=3, settings=s, batch_size=2).images,
                        pipe.sample([5, 2], n=3, settings=s, batch_size=4).images[:3])
@@ -117,10 +119,30 @@ def test_settings_are_given_once_or_as_values(pipe):
     s = pipe.settings(sampler="dpmpp", steps=3, seed=4)
     assert torch.equal(pipe.sample([1], 2, settings=s).images,
                        pipe.sample([1], 2, sampler="dpmpp", steps=3, seed=4).images)
-    with pytest.raises(TypeError, match="not both"):
-        pipe.sample([1], 2, settings=s, steps=5)
+    # values given with settings= change those settings only
+    assert torch.equal(pipe.sample([1], 2, settings=s, steps=5).images,
+                       pipe.sample([1], 2, sampler="dpmpp", steps=5, seed=4).images)
     with pytest.raises(TypeError, match="Settings"):
         pipe.trajectory([1], settings={"steps": 3})
+    with pytest.raises(TypeError, match="unknown sampling setting 'stpes'"):
+        pipe.sample([1], 2, stpes=3)
+
+
+@pytest.mark.parametrize("method", ["sample", "batches", "trajectory", "inpaint", "interpolate"])
+def test_every_method_takes_every_setting_by_name(pipe, method):
+    """spacing= was a TypeError for Pipeline.sample while the CLI had --spacing."""
+    values = dict(sampler="ddim", steps=4, guidance=1.5, eta=0.0, seed=3,
+                  guidance_interval=(0.2, 0.9), spacing="karras")
+    image = np.zeros((28, 28), np.uint8)
+    image[5:9] = 255
+    calls = {"sample": lambda **kw: pipe.sample([2], 1, **kw).images,
+             "batches": lambda **kw: next(pipe.batches([2], 1, **kw)).images,
+             "trajectory": lambda **kw: pipe.trajectory([2], **kw).frames[-1],
+             "inpaint": lambda **kw: pipe.inpaint(image, image > 0, [2], 1, **kw).images,
+             "interpolate": lambda **kw: pipe.interpolate((2, 5), (3, 4), frames=2, **kw).images[:1]}
+    by_name = calls[method](**values)
+    assert torch.equal(by_name, calls[method](settings=pipe.settings(**values)))
+    assert not torch.equal(by_name, calls[method](**{**values, "spacing": "linspace"}))
 
 
 def test_trajectory_runs_from_noise_to_the_sample(pipe):
@@ -189,7 +211,7 @@ def test_load_refuses_broken_checkpoints(tiny_checkpoint, tmp_path):
 
 
 def test_summary_counts_match_the_model(pipe):
-    s = summarize(pipe.model, pipe.config)
+    s = summary(model=pipe.model, config=pipe.config)
     total = count_parameters(pipe.model)
     assert s["parameters"] == s["trainable_parameters"] == total
     assert sum(layer["parameters"] for layer in s["layers"] if layer["depth"] == 1) == total

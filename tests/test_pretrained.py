@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 import mnistdiff
-from mnistdiff import pretrained
+from mnistdiff import models
 from mnistdiff.checkpoint import load_checkpoint, model_from_checkpoint
 from mnistdiff.cli import app
 from mnistdiff.errors import CheckpointError
@@ -33,11 +33,11 @@ SHIPPED = {"mnist": "mnist", "fashion-mnist": "fashion-mnist",
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_model_matches_its_checksums_and_card(name):
-    entry = pretrained.manifest()[name]
-    model_file = pretrained.MODELS_DIR / entry["file"]
-    assert sha256_file(model_file) == entry["sha256"]
+    entry = models.bundled().entry(name)
+    model_file = models.MODELS_DIR / entry["model"]["file"]
+    assert sha256_file(model_file) == entry["model"]["sha256"]
     assert model_file.stat().st_size <= 10_000_000  # each file <= 10 MB
-    card = pretrained.model_card(name)
+    card = models.card(name)
     assert card["name"] == name and card["dataset"] == SHIPPED[name] == entry["dataset"]
     training = card["training"]
     for key in ("command", "config_file", "steps", "images_seen", "hardware", "wall_seconds",
@@ -45,7 +45,7 @@ def test_shipped_model_matches_its_checksums_and_card(name):
         assert training[key], key
     assert (ROOT / training["config_file"]).is_file()
     assert card["metrics"] and all(m["real_floor"]["fid"] > 0 for m in card["metrics"])
-    ckpt = load_checkpoint(pretrained.bundled_checkpoint(name))
+    ckpt = load_checkpoint(models.resolve(name).path)
     assert ckpt["optimizer"] is None and ckpt["ema"] is None  # weights only
     model, cfg = model_from_checkpoint(ckpt)
     assert cfg.data.dataset == SHIPPED[name]
@@ -79,7 +79,7 @@ def test_bundled_student_draws_the_digits_in_four_passes():
     pipe = mnistdiff.load("mnist-fast", device="cpu")
     # distilled from 0.3's 'mnist', shipped since 0.5 as 'mnist-small': the pinned file is its teacher
     assert pipe.config.distill.teacher == "mnist"
-    assert pipe.config.distill.teacher_sha256 == pretrained.manifest()["mnist-small"]["sha256"]
+    assert pipe.config.distill.teacher_sha256 == models.bundled().entry("mnist-small")["model"]["sha256"]
     out = pipe.sample(list(range(10)), n=2, seed=1)
     assert out.nfe == 4 and out.passes == 4
     _, preds = run_classifier(load_classifier("mnist"), out.images)
@@ -93,19 +93,19 @@ def models_dir(tiny_checkpoint, tmp_path) -> Path:
     """A models folder with the tiny checkpoint bundled as 'mnist' and as 'tiny'."""
     folder = tmp_path / "models"
     for name in ("mnist", "tiny"):
-        pretrained.bundle(tiny_checkpoint, name, {"training": {"command": "test"}},
+        models.bundle(tiny_checkpoint, name, {"training": {"command": "test"}},
                           sample={"guidance": 1.5}, models_dir=folder)
     return folder
 
 
 def test_bundle_writes_weights_card_and_pinned_checksums(models_dir, tiny_checkpoint):
-    entry = pretrained.manifest(models_dir)["tiny"]
-    assert sha256_file(models_dir / entry["file"]) == entry["sha256"]
-    assert sha256_file(models_dir / entry["card"]) == entry["card_sha256"]
-    card = pretrained.model_card("tiny", models_dir)
+    entry = models.bundled(models_dir).entry("tiny")
+    assert sha256_file(models_dir / entry["model"]["file"]) == entry["model"]["sha256"]
+    assert sha256_file(models_dir / entry["card"]["file"]) == entry["card"]["sha256"]
+    card = models.card("tiny", models_dir)
     assert card["training"]["command"] == "test"
     assert card["bundled"]["sampler_defaults"]["guidance"] == 1.5
-    bundled = load_checkpoint(pretrained.bundled_checkpoint("tiny", models_dir))
+    bundled = load_checkpoint(models.resolve("tiny", models_dir=models_dir).path)
     original = load_checkpoint(tiny_checkpoint)
     for key, value in original["ema"].items():  # the EMA weights became the model
         assert torch.equal(bundled["model"][key], value)
@@ -113,28 +113,28 @@ def test_bundle_writes_weights_card_and_pinned_checksums(models_dir, tiny_checkp
 
 
 def test_bundle_in_half_precision_halves_the_file_and_loads_as_float32(models_dir, tiny_checkpoint):
-    half = pretrained.bundle(tiny_checkpoint, "tiny16", {"training": {"command": "test"}},
+    half = models.bundle(tiny_checkpoint, "tiny16", {"training": {"command": "test"}},
                              half=True, models_dir=models_dir)
-    full = pretrained.manifest(models_dir)["tiny"]
-    assert half["bytes"] < 0.6 * full["bytes"]
-    assert pretrained.model_card("tiny16", models_dir)["bundled"]["weights"] == "EMA, float16"
-    stored = load_checkpoint(pretrained.bundled_checkpoint("tiny16", models_dir))
+    full = models.bundled(models_dir).entry("tiny")
+    assert half["model"]["bytes"] < 0.6 * full["model"]["bytes"]
+    assert models.card("tiny16", models_dir)["bundled"]["weights"] == "EMA, float16"
+    stored = load_checkpoint(models.resolve("tiny16", models_dir=models_dir).path)
     ema = load_checkpoint(tiny_checkpoint)["ema"]
     for key, value in stored["model"].items():
         assert value.dtype == (torch.float16 if ema[key].is_floating_point() else ema[key].dtype)
         assert torch.equal(value, ema[key].to(value.dtype))  # the EMA, rounded to float16
     model, _ = model_from_checkpoint(stored)
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    pipe = mnistdiff.load(str(pretrained.bundled_checkpoint("tiny16", models_dir)), device="cpu")
+    pipe = mnistdiff.load(str(models.resolve("tiny16", models_dir=models_dir).path), device="cpu")
     out = pipe.sample([3], n=2, steps=2, seed=0)
     assert out.images.shape == (2, 28, 28)
 
 
 def test_resolution_order(models_dir, tiny_checkpoint, tmp_path, monkeypatch):
     runs = tmp_path / "runs"
-    resolve = lambda spec: pretrained.resolve_model(spec, runs_dir=runs, models_dir=models_dir)  # noqa: E731
+    resolve = lambda spec: models.resolve(spec, runs_dir=runs, models_dir=models_dir)  # noqa: E731
     # nothing under runs/: no spec means the bundled default
-    assert resolve(None) == pretrained.ModelSource(models_dir / "mnist" / "model.pt", "mnist")
+    assert resolve(None) == models.ModelSource(models_dir / "mnist" / "model.pt", "mnist")
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         resolve("latest")  # an explicit 'latest' needs a run
     # a name picks a bundled model ...
@@ -143,7 +143,7 @@ def test_resolution_order(models_dir, tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny" / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, tmp_path / "tiny" / "checkpoints" / "last.pt")
-    assert resolve("tiny") == pretrained.ModelSource(Path("tiny/checkpoints/last.pt"))
+    assert resolve("tiny") == models.ModelSource(Path("tiny/checkpoints/last.pt"))
     # a run under runs/ is the default when there is one
     (runs / "a" / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, runs / "a" / "checkpoints" / "last.pt")
@@ -156,11 +156,11 @@ def test_a_changed_bundled_file_is_refused(models_dir):
     path = models_dir / "tiny" / "model.pt"
     path.write_bytes(path.read_bytes()[:-1] + b"x")
     with pytest.raises(CheckpointError, match="SHA-256"):
-        pretrained.resolve_model("tiny", models_dir=models_dir)
+        models.resolve("tiny", models_dir=models_dir)
     card = models_dir / "mnist" / "card.json"
     card.write_text(card.read_text().replace("test", "edited"))
     with pytest.raises(CheckpointError, match="SHA-256"):
-        pretrained.model_card("mnist", models_dir)
+        models.card("mnist", models_dir)
 
 
 # --------------------------------------------------------------------------------- the CLI

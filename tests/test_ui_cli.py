@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mnistdiff.cli import app
-from mnistdiff.pipeline import load
+from mnistdiff.models import load
 
 runner = CliRunner()
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mnistdiff.errors import MnistdiffError
-from mnistdiff.pipeline import load, slerp
+from mnistdiff.models import load
+from mnistdiff.pipeline import slerp
 from mnistdiff.samplers import SAMPLERS, step_grid
 
 
@@ -28,8 +29,8 @@ def drawing() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_sample_live_reports_every_step_and_equals_sample(pipe, sampler):
     seen = []
-    live = pipe.sample_live([3, 5], 3, sampler=sampler, steps=4, seed=4, batch_size=4,
-                            callback=lambda info: seen.append(info))
+    live = pipe.sample([3, 5], 3, sampler=sampler, steps=4, seed=4, batch_size=4,
+                       on_step=lambda info: seen.append(info))
     plain = pipe.sample([3, 5], 3, sampler=sampler, steps=4, seed=4, batch_size=4)
     assert torch.equal(live.images, plain.images) and torch.equal(live.labels, plain.labels)
     assert [(i["batch"], i["i"]) for i in seen] == [(b, k) for b in range(2) for k in range(4)]
@@ -44,7 +45,7 @@ def test_a_callback_can_stop_live_sampling(pipe):
             raise BrokenPipeError("page closed")
 
     with pytest.raises(BrokenPipeError):
-        pipe.sample_live([1], 2, steps=5, callback=stop)
+        pipe.sample([1], 2, steps=5, on_step=stop)
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -70,7 +71,7 @@ def test_inpaint_keeps_the_known_pixels_exactly(pipe, sampler, resample):
     image, mask = drawing()
     steps = []
     out = pipe.inpaint(image, mask, [7, 1], 2, sampler=sampler, steps=6, seed=1,
-                       resample=resample, callback=lambda info: steps.append(info["i"]))
+                       resample=resample, on_step=lambda info: steps.append(info["i"]))
     assert out.images.shape == (4, 28, 28) and out.images.dtype == torch.uint8
     assert out.labels.tolist() == [7, 7, 1, 1]
     got = out.images.numpy()

@@ -188,7 +188,7 @@ def test_a_bug_is_a_500_with_one_line_and_the_traceback_stays_in_the_terminal(se
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(type(server.app.pipeline("bundled:mnist")), "sample_live", broken)
+    monkeypatch.setattr(type(server.app.pipeline("bundled:mnist")), "batches", broken)
     status, _, raw = api(server, "/api/make", {"steps": 2})  # the error arrives in the stream
     assert status == 200 and events(raw)[-1][0] == "error"
     assert "internal error" in events(raw)[-1][1]["error"]

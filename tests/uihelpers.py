@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mnistdiff import pretrained
+from mnistdiff import models
 from mnistdiff.ui import make_server
 
 CARD = {
@@ -23,7 +23,7 @@ CARD = {
 
 
 def bundle_tiny(tiny_checkpoint: Path, models_dir: Path) -> Path:
-    pretrained.bundle(tiny_checkpoint, "mnist", CARD, models_dir=models_dir)
+    models.bundle(tiny_checkpoint, "mnist", CARD, models_dir=models_dir)
     return models_dir
 
 
