@@ -221,6 +221,12 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_EXCERPT else text[:MAX_EXCERPT - 3] + "..."
 
 
+def _name(key: Any) -> str:
+    """A mapping key as text: a string as it is, anything else (YAML's 1 or null, a huge
+    integer from a pickle, whose str() Python refuses) as its short repr."""
+    return key if isinstance(key, str) else _short(key)
+
+
 def _unknown(kind: str, key: str, valid: list[str], where: str) -> ConfigError:
     short = _clip(key)
     close = difflib.get_close_matches(key.split(".")[-1], valid, n=1) if len(key) <= 200 else []
@@ -332,8 +338,7 @@ def _build_section(name: str, values: Any) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise _unknown("key", f"{name}.{key}", list(fields), f" of {name}")
-        # (a key that is not a string, e.g. YAML's 1 or null, is unknown above)
+            raise _unknown("key", f"{name}.{_name(key)}", list(fields), f" of {name}")
         kwargs[key] = _check_value(name, fields[key], _HINTS[cls][key], value)
     return cls(**kwargs)
 
@@ -460,7 +465,7 @@ def _check_shape(d: Any) -> None:
             if count + 2 * len(value) > MAX_NODES:
                 raise _too_many(prefix)
             for k, v in value.items():
-                name = _clip(k) if isinstance(k, str) else _short(k)
+                name = _clip(_name(k))
                 path = f"{where}.{name}" if where else name
                 stack.append((k, depth + 1, path))
                 stack.append((v, depth + 1, path))
@@ -483,7 +488,7 @@ def config_from_dict(d: Any) -> Config:
     _check_shape(d)
     for name in d:
         if name not in SECTIONS:
-            raise _unknown("section", str(name), list(SECTIONS), "")
+            raise _unknown("section", _name(name), list(SECTIONS), "")
     cfg = Config(**{name: _build_section(name, d.get(name)) for name in SECTIONS})
     _check_consistency(cfg)
     return cfg
