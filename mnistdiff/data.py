@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -90,45 +91,155 @@ def get_spec(name: str) -> DatasetSpec:
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
+# What an IDX file here can mean, checked on its header before any data is read or inflated:
+# images (N, 28, 28) and labels (N,) of a dataset, with N far above MNIST's 70,000.
+MAX_IDX_NDIM = 4
+MAX_IDX_ITEMS = 10_000_000                   # the first dimension (images or labels)
+MAX_IDX_BYTES = MAX_IDX_ITEMS * 28 * 28      # 7.84 GB of data, also never more than memory holds
+_CHUNK = 1 << 20                             # bytes inflated (and hashed) at a time
+_DEFLATE_RATIO = 1032                        # deflate's ceiling: no gzip inflates more per byte
 
-def read_bytes(path: str | Path) -> bytes:
-    """The decompressed bytes of a file (gzip is detected by its magic number)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path}: corrupted or truncated gzip file ({e})") from None
-    return raw
+
+class _IdxHeader(NamedTuple):
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    size: int      # bytes of the header
+    nbytes: int    # bytes of data it declares
+
+
+def _header(head: bytes, name: str, more: Callable[[int], bytes] | None = None) -> _IdxHeader:
+    """Parse an IDX header: 2 zero bytes, a dtype code, ndim, ndim big-endian uint32 sizes.
+    ``head`` holds at least its first 4 bytes when the file has them; ``more(n)`` reads the
+    n bytes of sizes that follow (None: they are in ``head``). DataError for a header that is
+    bad or declares more than an IDX file here can mean."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        raise DataError(f"{name}: not an IDX file (bad magic number)")
+    dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
+    if ndim > MAX_IDX_NDIM:
+        raise DataError(f"{name}: IDX header declares {ndim} dimensions; images and labels "
+                        f"have at most {MAX_IDX_NDIM}")
+    size = 4 + 4 * ndim
+    dims = head[4:size] if more is None else more(4 * ndim)
+    if ndim == 0 or len(dims) < 4 * ndim:
+        raise DataError(f"{name}: truncated IDX header")
+    shape = tuple(int(s) for s in np.frombuffer(dims, dtype=">u4", count=ndim))
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: np.prod would wrap around
+    if shape[0] > MAX_IDX_ITEMS or nbytes > MAX_IDX_BYTES:
+        raise DataError(f"{name}: IDX header declares {shape} ({nbytes:,} bytes of data), more "
+                        f"than a dataset here can hold (at most {MAX_IDX_ITEMS:,} items, "
+                        f"{MAX_IDX_BYTES / 1e9:.2f} GB); the file is corrupted")
+    return _IdxHeader(dtype, shape, size, nbytes)
+
+
+def _mismatch(name: str, header: _IdxHeader, holds: str) -> DataError:
+    return DataError(f"{name}: IDX header says {header.shape} ({header.nbytes} bytes of data) "
+                     f"but the file holds {holds}; it is truncated or corrupted")
+
+
+def _to_array(data: bytes | bytearray, header: _IdxHeader, offset: int = 0) -> np.ndarray:
+    """The data as an array in native byte order (writable when ``data`` is a bytearray)."""
+    arr = np.frombuffer(data, dtype=header.dtype, count=math.prod(header.shape), offset=offset)
+    return arr.reshape(header.shape).astype(header.dtype.newbyteorder("="), copy=False)
 
 
 def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
-    """Parse the IDX format: 2 zero bytes, a dtype code, ndim, ndim big-endian int32 sizes, data."""
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{name}: not an IDX file (bad magic number)")
-    dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{name}: truncated IDX header")
-    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DataError(f"{name}: IDX header says {shape} ({expected} bytes of data) but the file "
-                        f"holds {len(data) - header}; it is truncated or corrupted")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    """Parse the IDX format from bytes in memory (see read_idx, which never holds more than
+    the header promises)."""
+    header = _header(data, name)
+    if len(data) - header.size != header.nbytes:
+        raise _mismatch(name, header, str(len(data) - header.size))
+    arr = _to_array(data, header, header.size)
+    return arr if arr.flags.writeable else arr.copy()
+
+
+class _IdxFile:
+    """An IDX file opened for bounded reading: the header first, then exactly the data it
+    declares, inflated (gzip, detected by its magic number) and SHA-256-hashed as it streams."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.name = Path(path), str(path)
+        self.digest = hashlib.sha256()
+        try:
+            self.raw = open(self.path, "rb")
+        except OSError as e:
+            raise DataError(f"cannot read {self.path}: {e.strerror}") from None
+        self.stream: BinaryIO | None = None
+        try:
+            try:
+                self.file_size = os.fstat(self.raw.fileno()).st_size
+                self.gzip = self.raw.read(2) == b"\x1f\x8b"
+                self.raw.seek(0)
+            except OSError as e:
+                raise DataError(f"cannot read {self.path}: {e.strerror}") from None
+            self.stream = gzip.GzipFile(fileobj=self.raw) if self.gzip else self.raw
+            self.header = _header(self.read(4), self.name, self.read)
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, n: int) -> bytes:
+        """Up to n bytes of the (decompressed) file, hashed; one DataError for any read error."""
+        try:
+            out = self.stream.read(n)
+        except (OSError, EOFError, zlib.error) as e:
+            if self.gzip:
+                raise DataError(f"{self.path}: corrupted or truncated gzip file ({e})") from None
+            raise DataError(f"cannot read {self.path}: {getattr(e, 'strerror', None) or e}") \
+                from None
+        self.digest.update(out)
+        return out
+
+    def data(self, sha256: str | None = None) -> np.ndarray:
+        """The array the header declares; DataError when the file holds less or more, or does
+        not hash to ``sha256``. Memory: the declared bytes (refused up front when they exceed
+        the available memory), never what a compressed file could inflate to."""
+        header, name = self.header, self.name
+        if not self.gzip and self.file_size - header.size != header.nbytes:
+            raise _mismatch(name, header, str(self.file_size - header.size))  # nothing read yet
+        if self.gzip and header.size + header.nbytes > _DEFLATE_RATIO * self.file_size:
+            raise _mismatch(name, header, f"at most {_DEFLATE_RATIO * self.file_size - header.size}"
+                            f" (a gzip file of {self.file_size} bytes inflates to at most "
+                            f"{_DEFLATE_RATIO}x that)")
+        from .files import _size, available_memory
+        avail = available_memory()
+        if avail is not None and header.nbytes > avail:
+            raise DataError(f"{name}: IDX header declares {header.shape} ({_size(header.nbytes)}) "
+                            f"but only {_size(avail)} of memory is available")
+        buf = bytearray()
+        while len(buf) < header.nbytes:
+            chunk = self.read(min(_CHUNK, header.nbytes - len(buf)))
+            if not chunk:
+                raise _mismatch(name, header, str(len(buf)))
+            buf += chunk
+        if self.read(1):  # trailing data (a gzip that inflates to more than declared)
+            raise _mismatch(name, header, f"more than {header.nbytes}")
+        if sha256 is not None and self.digest.hexdigest() != sha256:
+            raise DataError(f"{self.path}: SHA-256 of the decompressed file does not match the "
+                            f"known value; the file is corrupted or not the expected dataset")
+        return _to_array(buf, header)
+
+    def close(self) -> None:
+        if self.stream is not None and self.stream is not self.raw:
+            self.stream.close()
+        self.raw.close()
+
+    def __enter__(self) -> _IdxFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _read_idx(path: str | Path, sha256: str | None = None) -> tuple[np.ndarray, str]:
+    with _IdxFile(path) as f:
+        return f.data(sha256), f.digest.hexdigest()
 
 
 def read_idx(path: str | Path, sha256: str | None = None) -> np.ndarray:
-    """Read an IDX file (gzip or raw); check the decompressed bytes against sha256 when given."""
-    data = read_bytes(path)
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"{path}: SHA-256 of the decompressed file does not match the known value; "
-                        f"the file is corrupted or not the expected dataset")
-    return parse_idx(data, str(path))
+    """Read an IDX file (gzip or raw); check the decompressed bytes against sha256 when given.
+    The header is read first and bounds everything after it: a gzip bomb inflates no further
+    than the data its header declares (plus one byte to see that it holds more)."""
+    return _read_idx(path, sha256)[0]
 
 
 def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
@@ -239,29 +350,45 @@ class LabelledImages(NamedTuple):
     labels: torch.Tensor  # (N,) int64
 
 
-def load_split(folder: str | Path, split: str = "train", dataset: str = "mnist",
-               verify: bool = True) -> LabelledImages:
-    """Read one split from a folder of IDX files into CPU tensors."""
+def _load_split(folder: Path, split: str, dataset: str,
+                verify: bool) -> tuple[LabelledImages, dict[str, str]]:
+    """load_split, and the SHA-256 of each decompressed file (name -> hex digest). Both headers
+    are checked against each other before any data is read: a labels file that declares a
+    billion labels, or images of another shape, costs nothing."""
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}'; choose one of {', '.join(SPLITS)}")
-    spec, folder = get_spec(dataset), Path(folder)
-    arrays = []
-    for name in DatasetSpec.files(split):
+    spec = get_spec(dataset)
+    names, paths = DatasetSpec.files(split), []
+    for name in names:
         path = _file_in(folder, name)
         if path is None:
             raise DataError(f"{folder}: missing {name}(.gz); {missing_files_hint(spec)}")
-        arrays.append(read_idx(path, spec.sha256.get(name) if verify else None))
-    images, labels = arrays
-    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
-        raise DataError(f"{folder}: {split} files have shapes {images.shape} / {labels.shape}, "
-                        f"expected (N, H, W) uint8 images and (N,) labels")
-    if len(images) != len(labels):
-        raise DataError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
-    if labels.size and int(labels.max()) >= len(spec.classes):
-        raise DataError(f"{folder}: label {int(labels.max())} outside the {len(spec.classes)} "
+        paths.append(path)
+    with _IdxFile(paths[0]) as fi, _IdxFile(paths[1]) as fl:
+        hi, hl = fi.header, fl.header
+        if (hi.shape[1:] != (28, 28) or hi.dtype != np.uint8 or len(hl.shape) != 1
+                or hl.dtype.kind not in "iu"):
+            raise DataError(f"{folder}: {split} files have shapes {hi.shape} {hi.dtype} / "
+                            f"{hl.shape} {hl.dtype}, expected (N, 28, 28) uint8 images and "
+                            f"(N,) integer labels")
+        if hi.shape[0] != hl.shape[0]:
+            raise DataError(f"{folder}: {hi.shape[0]} {split} images but {hl.shape[0]} labels")
+        images = fi.data(spec.sha256.get(names[0]) if verify else None)
+        labels = fl.data(spec.sha256.get(names[1]) if verify else None)
+        digests = {names[0]: fi.digest.hexdigest(), names[1]: fl.digest.hexdigest()}
+    if labels.size and (int(labels.max()) >= len(spec.classes) or int(labels.min()) < 0):
+        bad = int(labels.max()) if int(labels.max()) >= len(spec.classes) else int(labels.min())
+        raise DataError(f"{folder}: label {bad} outside the {len(spec.classes)} "
                         f"classes of {spec.name}")
-    return LabelledImages(torch.from_numpy(images.copy()).unsqueeze(1),
-                          torch.from_numpy(labels.astype(np.int64)))
+    # images is a writable array over the bytes read (no copy); labels become int64
+    return LabelledImages(torch.from_numpy(images).unsqueeze(1),
+                          torch.from_numpy(labels.astype(np.int64))), digests
+
+
+def load_split(folder: str | Path, split: str = "train", dataset: str = "mnist",
+               verify: bool = True) -> LabelledImages:
+    """Read one split from a folder of IDX files into CPU tensors."""
+    return _load_split(Path(folder), split, dataset, verify)[0]
 
 
 def load_dataset(data_cfg, split: str = "train") -> LabelledImages:
@@ -333,12 +460,11 @@ def describe(folder: str | Path, dataset: str = "mnist") -> dict:
     out: dict = {"dataset": spec.name, "folder": str(folder), "classes": list(spec.classes),
                  "splits": {}, "files": {}}
     for split in SPLITS:
+        (images, labels), digests = _load_split(folder, split, dataset, verify=False)
         for name in DatasetSpec.files(split):
-            digest = hashlib.sha256(read_bytes(_file_in(folder, name) or folder / name)).hexdigest()
             known = spec.sha256.get(name)
-            out["files"][name] = {"sha256": digest,
-                                  "verified": None if known is None else digest == known}
-        images, labels = load_split(folder, split, dataset, verify=False)
+            out["files"][name] = {"sha256": digests[name],
+                                  "verified": None if known is None else digests[name] == known}
         pixels = images.double() / 255.0
         out["splits"][split] = {
             "n": len(labels),

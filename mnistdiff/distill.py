@@ -171,7 +171,7 @@ class TrajectoryCache:
             f"{s.describe()}, into {self.folder}")
         for j in todo:
             size = self.sizes()[j]
-            states = teacher_trajectories(pipe, s, self.labels(size), mix_seed(self.dc.seed, j),
+            states = teacher_trajectories(pipe, s, self.labels(size), self.dc.seed + j,
                                           self.timesteps[1:-1])
             import io
 

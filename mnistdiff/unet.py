@@ -36,6 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The parameter count in closed form, without building anything. It is defined in config.py
+# (torch-free, so that config validation refuses a huge model before any tensor exists) and
+# mirrors ConditionalUNet below layer by layer; tests/test_unet.py checks it against
+# count_parameters(build_model(cfg)). Change both together.
+from .config import check_model_size, estimate_parameters  # noqa: F401  (re-exported)
+
 IMAGE_SIZE = 28  # MNIST and Fashion-MNIST are 28x28
 
 
@@ -247,11 +253,18 @@ class ConditionalUNet(nn.Module):
 
 
 def build_model(model_cfg) -> ConditionalUNet:
-    """The U-Net described by a ``ModelConfig``; a bad combination is a one-line ConfigError."""
+    """The U-Net described by a ``ModelConfig``; a bad combination is a one-line ConfigError,
+    and so is a model too large to build (checked in closed form before any layer exists, for
+    a ModelConfig that did not come through config validation)."""
     from dataclasses import asdict
 
     from .errors import ConfigError
 
+    try:
+        _check_arguments(**{k: v for k, v in asdict(model_cfg).items() if k != "attention"})
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    check_model_size(model_cfg)
     try:
         return ConditionalUNet(**asdict(model_cfg))
     except ValueError as e:

@@ -183,3 +183,25 @@ def test_patch_size_limits_the_levels():
         ConditionalUNet(channels=(8, 16, 32), emb_dim=16, patch_size=2)
     with pytest.raises(ValueError, match="patch_size must divide 28"):
         ConditionalUNet(channels=(8,), emb_dim=16, patch_size=3)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},                                                                 # the defaults
+    {"channels": [64, 128, 256], "num_res_blocks": 1, "emb_dim": 128},  # the seed layout
+    {"channels": [8], "num_res_blocks": 1},
+    {"channels": [8, 16], "num_res_blocks": 2, "attention": True},
+    {"channels": [6, 12, 20], "num_res_blocks": 3, "attention": True, "groups": 4},
+    {"channels": [16, 16, 16], "num_res_blocks": 3, "emb_dim": 34, "num_classes": 13},
+    {"channels": [32, 64], "patch_size": 2, "attention": True},         # 14x14 and 7x7 maps
+    {"channels": [32, 64], "patch_size": 2, "in_channels": 3, "num_res_blocks": 2},
+    {"channels": [24], "patch_size": 4, "num_res_blocks": 1, "in_channels": 2},
+    {"channels": [48, 96, 192], "num_res_blocks": 1, "emb_dim": 192, "attention": True},
+])
+def test_estimate_parameters_matches_the_built_model_exactly(kwargs):
+    """estimate_parameters is the closed form config validation uses to refuse huge models
+    before building them; it must count exactly what build_model makes."""
+    from mnistdiff.config import ModelConfig
+    from mnistdiff.unet import build_model, estimate_parameters
+
+    cfg = ModelConfig(**kwargs)
+    assert estimate_parameters(cfg) == count_parameters(build_model(cfg))
