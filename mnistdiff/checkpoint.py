@@ -1,18 +1,17 @@
-"""Checkpoints and run folders: atomic writes, safe loads, finding the run to resume or sample
-from, rebuilding the model.
+"""Checkpoints: the format, atomic writes, safe loads, the checks that keep a damaged file from
+becoming a traceback, finding the file a user means, rebuilding the model.
 
 A checkpoint is one ``torch.save``d dict of plain data (tensors, numbers, strings, lists, dicts),
-so it loads with ``torch.load(weights_only=True)`` and never runs code from the file:
+so it loads with ``torch.load(weights_only=True)`` and never runs code from the file; see
+:func:`make_state` for its fields:
 
     format: "mnistdiff-checkpoint", format_version: 1, version, created (ISO-8601),
     config: config_to_dict(cfg), step, epoch, batch, model: state_dict, ema: state_dict | None,
-    optimizer / scheduler / scaler: state_dict | None, rng: {torch, cuda, numpy, python},
+    optimizer / scheduler / scaler: state_dict | None, rng: {torch, cuda, numpy, python} | None,
     train_seconds, images_seen
 
-A run folder ``runs/NAME/`` (see ``training.train``) keeps them in ``checkpoints/``:
-``step-000100.pt``... (the last ``keep_last``) and ``last.pt``, the newest, which is what
-``--resume`` and ``sample`` read, next to config.yaml, log.jsonl, samples/, loss.png and
-summary.json.
+A run folder (see run.py) keeps them in ``checkpoints/``: ``step-000100.pt``... (the last
+``keep_last``) and ``last.pt``, the newest, which is what ``--resume`` and ``sample`` read.
 """
 
 from __future__ import annotations
@@ -21,24 +20,46 @@ import dataclasses
 import io
 import pickle
 import random
-import re
 import zipfile
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config, apply_overrides, config_from_dict, load_config
+from . import __version__
+from .config import Config, config_from_dict
 from .errors import CheckpointError, MnistdiffError
 from .files import all_or_nothing, write_atomic
+# The run folder's layout, and names that moved to run.py, importable from here as before.
+from .run import CHECKPOINTS, LAST, RUNS_DIR, STEP_FILE, prepare_run, run_folder  # noqa: F401
 from .unet import ConditionalUNet, build_model
 
 FORMAT = "mnistdiff-checkpoint"
 FORMAT_VERSION = 1
-RUNS_DIR = Path("runs")
-LAST = "last.pt"
-STEP_FILE = re.compile(r"step-(\d+)\.pt")
+
+
+# --------------------------------------------------------------------------------- the format
+
+def make_state(config: dict, model: dict, *, ema: dict | None = None,
+               optimizer: dict | None = None, scheduler: dict | None = None,
+               scaler: dict | None = None, rng: dict | None = None, step: int = 0,
+               epoch: int = 0, batch: int = 0, train_seconds: float | None = None,
+               images_seen: int | None = None, version: str | None = __version__,
+               created: str | None = None) -> dict:
+    """The checkpoint dict, every field in its place. ``config`` is ``config_to_dict(cfg)``,
+    ``model`` / ``ema`` state dicts, ``optimizer`` / ``scheduler`` / ``scaler`` their
+    ``state_dict()`` (None in a weights-only file, which cannot be resumed), ``rng`` what
+    :func:`rng_state` returns; ``step`` optimizer steps done, ``(epoch, batch)`` the position in
+    the data; ``created`` defaults to now (UTC, ISO-8601), ``version`` to this mnistdiff's."""
+    if created is None:
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "version": version,
+        "created": created, "config": config, "step": step, "epoch": epoch, "batch": batch,
+        "model": model, "ema": ema, "optimizer": optimizer, "scheduler": scheduler,
+        "scaler": scaler, "rng": rng, "train_seconds": train_seconds, "images_seen": images_seen,
+    }
 
 
 # --------------------------------------------------------------------------------- writing
@@ -166,55 +187,31 @@ def check_structure(ckpt: dict, where: str | Path) -> None:
                           f"diverged before this checkpoint, use an earlier one")
 
 
+# --------------------------------------------------------------------------------- finding
+
 def resolve_checkpoint(spec: str | Path | None = None, runs_dir: str | Path = RUNS_DIR) -> Path:
     """The checkpoint file a user means: a ``.pt`` file as is; a run folder -> its
     ``checkpoints/last.pt``; None or ``"latest"`` -> the newest ``last.pt`` under ``runs_dir``."""
     if spec is None or str(spec) == "latest":
-        candidates = sorted(Path(runs_dir).glob(f"*/checkpoints/{LAST}"),
+        candidates = sorted(Path(runs_dir).glob(f"*/{CHECKPOINTS}/{LAST}"),
                             key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise CheckpointError(f"no checkpoint found under {runs_dir}/ (looked for "
-                                  f"{runs_dir}/*/checkpoints/{LAST}); train a model first or "
+                                  f"{runs_dir}/*/{CHECKPOINTS}/{LAST}); train a model first or "
                                   f"pass a checkpoint path")
         return candidates[-1]
     path = Path(spec).expanduser()
     if path.is_dir():
-        for candidate in (path / "checkpoints" / LAST, path / LAST):
+        for candidate in (path / CHECKPOINTS / LAST, path / LAST):
             if candidate.is_file():
                 return candidate
-        raise CheckpointError(f"{path} holds no checkpoint (looked for checkpoints/{LAST})")
+        raise CheckpointError(f"{path} holds no checkpoint (looked for {CHECKPOINTS}/{LAST})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
 
 
-def run_folder(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint lives in (``runs/NAME`` for ``runs/NAME/checkpoints/x.pt``)."""
-    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
-
-
-def prepare_run(config: str | Path | None, overrides: list[str], out: str | Path | None,
-                resume: str | None) -> tuple[Config, Path, Path | None]:
-    """What the ``train`` command resolves: (config, run folder, checkpoint to resume or None).
-
-    ``resume`` is "latest" (the newest last.pt under ``out`` if given, else under runs/), a
-    checkpoint file or a run folder. Without ``--config`` a resumed run keeps its stored config
-    (``overrides`` still apply); the run folder defaults to the checkpoint's own."""
-    ckpt_path = None
-    if resume is not None:
-        ckpt_path = resolve_checkpoint(out if resume == "latest" and out else resume)
-    if config is None and ckpt_path is not None:
-        stored = load_checkpoint(ckpt_path)["config"]
-        cfg = config_from_dict(apply_overrides(stored, overrides))
-    else:
-        cfg = load_config(config, overrides)
-    if out is None and ckpt_path is not None:
-        out = run_folder(ckpt_path)
-    if out is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = RUNS_DIR / f"{Path(config).stem if config else 'default'}-{stamp}"
-    return cfg, Path(out), ckpt_path
-
+# --------------------------------------------------------------------------------- resuming
 
 def check_same_model(ckpt: dict, cfg: Config, where: str | Path) -> None:
     """CheckpointError naming the first architecture setting (any model setting but dropout) that
@@ -273,4 +270,3 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet
                                   f"{tuple(tensor.shape)}")
     model.load_state_dict(weights)
     return model.eval(), cfg
-

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnistdiff import __version__
 from mnistdiff import checkpoint as ck
 from mnistdiff import files
 from mnistdiff.config import Config, config_to_dict, load_config
@@ -181,3 +182,20 @@ def test_a_checkpoint_from_before_ema_rampup_keeps_its_fixed_ema(tiny_checkpoint
     assert cfg.train.ema_rampup == 0.0
     _, cfg = ck.model_from_checkpoint(ck.load_checkpoint(tiny_checkpoint))
     assert cfg.train.ema_rampup == ck.load_checkpoint(tiny_checkpoint)["config"]["train"]["ema_rampup"]
+
+
+def test_make_state_builds_the_documented_dict(tiny_checkpoint, tmp_path):
+    """Training writes what make_state builds: the same fields, in the same order."""
+    state = ck.make_state(config_to_dict(Config()), {"w": torch.zeros(2)}, step=3, epoch=1,
+                          batch=2, train_seconds=1.5, images_seen=48)
+    assert list(state) == ["format", "format_version", "version", "created", "config", "step",
+                           "epoch", "batch", "model", "ema", "optimizer", "scheduler", "scaler",
+                           "rng", "train_seconds", "images_seen"]
+    assert (state["format"], state["format_version"]) == (ck.FORMAT, ck.FORMAT_VERSION)
+    assert state["version"] == __version__ and "T" in state["created"]
+    assert state["ema"] is state["optimizer"] is state["rng"] is None
+    path = ck.save_checkpoint(tmp_path / "made.pt", state)
+    assert ck.load_checkpoint(path)["images_seen"] == 48  # a valid checkpoint as it is
+    trained = torch.load(tiny_checkpoint, weights_only=True)
+    assert list(trained) == list(state)
+    assert ck.make_state({}, {}, version="0.1", created="2020-01-01")["created"] == "2020-01-01"

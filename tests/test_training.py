@@ -22,6 +22,7 @@ from mnistdiff.cli import app
 from mnistdiff.config import TrainConfig, load_config
 from mnistdiff.data import BatchLoader, load_dataset
 from mnistdiff.errors import MnistdiffError
+from mnistdiff.run import run_lock
 from mnistdiff.unet import ConditionalUNet
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -269,7 +270,7 @@ def test_resume_refuses_settings_that_cannot_change(tiny_checkpoint, synthetic_d
 
 def test_a_second_trainer_of_the_same_run_is_refused(synthetic_dir, tmp_path):
     run_dir = tmp_path / "r"
-    with training.run_lock(run_dir):  # as if another process were training it
+    with run_lock(run_dir):  # as if another process were training it
         with pytest.raises(MnistdiffError, match=f"being trained by another process "
                                                  f"\\(pid {os.getpid()}\\)"):
             run(tiny_config(synthetic_dir, "train.max_steps=2"), run_dir)
