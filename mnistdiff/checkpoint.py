@@ -16,13 +16,16 @@ A run folder (see run.py) keeps them in ``checkpoints/``: ``step-000100.pt``... 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import math
 import pickle
 import random
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -155,6 +158,11 @@ def upgrade_config(ckpt: dict) -> dict:
     return ckpt
 
 
+def damaged(where: str | Path, what: str) -> CheckpointError:
+    """The one-line error for a checkpoint field that is missing or wrong."""
+    return CheckpointError(f"{where}: damaged checkpoint ({what})")
+
+
 def _is_state_dict(value: object) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                            for k, v in value.items())
@@ -167,7 +175,7 @@ def check_structure(ckpt: dict, where: str | Path) -> None:
     surface as a KeyError deep in a reader; and NaN weights would sample black images with
     exit 0."""
     def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{where}: damaged checkpoint ({what})")
+        return damaged(where, what)
 
     if not isinstance(ckpt.get("config"), dict):
         raise bad(f"'config' is {type(ckpt.get('config')).__name__}, expected the stored config")
@@ -244,6 +252,136 @@ def check_resumable(ckpt: dict, cfg: Config, where: str | Path) -> None:
                 raise CheckpointError(f"{where} was trained with {section}.{name}={stored!r}; "
                                       f"it cannot change to {new[section][name]!r} when "
                                       f"resuming (start a new run for that)")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _mt19937(words: object, position: object, n: int = 624) -> bool:
+    """Whether (words, position) is a Mersenne Twister state: n 32-bit words, 0 <= position <= n."""
+    return (isinstance(words, (list, tuple)) and len(words) == n and _is_int(position)
+            and 0 <= position <= n and all(_is_int(w) and 0 <= w < 2**32 for w in words))
+
+
+def check_rng_state(state: object, where: str | Path) -> None:
+    """CheckpointError unless ``state`` is what :func:`rng_state` returns, every field with the
+    type and size its setter needs (a torch state of the right length, Mersenne Twister states
+    for numpy and Python)."""
+    if not isinstance(state, dict):
+        raise damaged(where, f"'rng' is {type(state).__name__}, expected the RNG states")
+    size = torch.get_rng_state().numel()
+    cpu = state.get("torch")
+    if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.ndim == 1
+            and cpu.numel() == size):
+        raise damaged(where, f"'rng.torch' is not a torch generator state ({size} bytes)")
+    cuda = state.get("cuda")
+    if not (isinstance(cuda, list) and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8
+                                           for t in cuda)):
+        raise damaged(where, "'rng.cuda' is not a list of CUDA generator states")
+    numpy = state.get("numpy")
+    if not (isinstance(numpy, (list, tuple)) and len(numpy) == 4 and _mt19937(*numpy[:2])
+            and _is_int(numpy[2]) and isinstance(numpy[3], float)):
+        raise damaged(where, "'rng.numpy' is not a numpy MT19937 state")
+    python = state.get("python")
+    if not (isinstance(python, (list, tuple)) and len(python) == 3 and _is_int(python[0])
+            and isinstance(python[1], (list, tuple)) and len(python[1]) == 625
+            and _mt19937(python[1][:624], python[1][624])
+            and (python[2] is None or isinstance(python[2], float))):
+        raise damaged(where, "'rng.python' is not a Python random state")
+
+
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
+def check_training_state(ckpt: dict, where: str | Path) -> None:
+    """CheckpointError (one line) unless the state ``train --resume`` restores besides the weights
+    is there and well-formed: rng, optimizer, scheduler, scaler, train_seconds. What the
+    optimizer state must fit (the model's parameters) is checked by :func:`check_optimizer_fits`.
+    Both run before anything is restored or written."""
+    if all(ckpt.get(key) is None for key in ("optimizer", "scheduler", "rng")):
+        raise CheckpointError(f"{where} holds weights only (no optimizer, scheduler or RNG "
+                              f"state, like a bundled model): it cannot be resumed")
+    seconds = ckpt.get("train_seconds")
+    if not _is_number(seconds) or seconds < 0:
+        raise damaged(where, f"'train_seconds' is {seconds!r}, expected a number >= 0")
+    check_rng_state(ckpt.get("rng"), where)
+    optimizer = ckpt.get("optimizer")
+    if not (isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+            and isinstance(optimizer.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    and all(map(_is_int, g["params"])) for g in optimizer["param_groups"])):
+        raise damaged(where, "'optimizer' is not an optimizer state (state, param_groups)")
+    scheduler = ckpt.get("scheduler")
+    if not (isinstance(scheduler, dict) and _is_int(scheduler.get("last_epoch"))
+            and scheduler["last_epoch"] >= 0 and isinstance(scheduler.get("lr_lambdas"), list)
+            and _is_int(scheduler.get("_step_count", 0))):
+        raise damaged(where, "'scheduler' is not an LR scheduler state (last_epoch, lr_lambdas)")
+    scaler = ckpt.get("scaler")
+    if scaler is not None and not (isinstance(scaler, dict) and all(
+            _is_number(scaler.get(key)) for key in SCALER_KEYS) and scaler["scale"] > 0):
+        raise damaged(where, f"'scaler' is not a loss scaler state ({', '.join(SCALER_KEYS)})")
+
+
+def check_optimizer_fits(saved: dict, optimizer: torch.optim.Optimizer,
+                         where: str | Path) -> None:
+    """CheckpointError unless the optimizer state ``saved`` (checked by check_training_state)
+    fits ``optimizer``: as many parameter groups and parameters, numeric hyperparameters where
+    the optimizer has them (lr, betas, eps, weight_decay), and moment tensors of each
+    parameter's shape. torch's load_state_dict checks only the counts; a wrong shape would
+    surface at the first step, after the run folder has been written to."""
+    groups, live = saved["param_groups"], optimizer.param_groups
+    if len(groups) != len(live):
+        raise damaged(where, f"'optimizer' has {len(groups)} parameter groups, the model's "
+                             f"optimizer {len(live)}")
+    params: dict[int, torch.Tensor] = {}
+    for i, (group, ref) in enumerate(zip(groups, live)):
+        if len(group["params"]) != len(ref["params"]):
+            raise damaged(where, f"'optimizer' group {i} holds {len(group['params'])} "
+                                 f"parameters, the model {len(ref['params'])}")
+        params.update(zip(group["params"], ref["params"]))
+        for key, value in ref.items():  # the hyperparameters a step reads; flags are defaulted
+            saved_value = group.get(key)
+            if isinstance(value, (tuple, list)) and key != "params":
+                ok = (isinstance(saved_value, (tuple, list)) and len(saved_value) == len(value)
+                      and all(map(_is_number, saved_value)))
+            else:
+                ok = not _is_number(value) or _is_number(saved_value)
+            if not ok:
+                raise damaged(where, f"'optimizer' group {i} has {key}={saved_value!r}")
+    for index, entry in saved["state"].items():
+        if index not in params or not isinstance(entry, dict):
+            raise damaged(where, f"'optimizer' holds state {index!r} for no parameter")
+        shape = params[index].shape
+        for name, value in entry.items():
+            if name == "step":
+                ok = _is_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+            else:
+                ok = not isinstance(value, torch.Tensor) or value.shape == shape
+            if not ok:
+                raise damaged(where, f"'optimizer' state '{name}' of parameter {index} is "
+                                     f"{_describe(value)}, the parameter has shape {tuple(shape)}")
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+@contextlib.contextmanager
+def restoring(part: str, where: str | Path) -> Iterator[None]:
+    """Turn what a ``load_state_dict`` (or set_rng_state) raises on a damaged ``part`` into one
+    CheckpointError line: the checks above catch what they can name, this the rest."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise damaged(where, f"'{part}' cannot be restored: {reason}") from None
 
 
 def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet, Config]:

@@ -40,8 +40,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import diffusion, distill
-from .checkpoint import (LAST, check_resumable, check_same_model, load_checkpoint, make_state,
-                         rng_state, save_run_checkpoint, set_rng_state)
+from .checkpoint import (LAST, check_optimizer_fits, check_resumable, check_same_model,
+                         check_training_state, load_checkpoint, make_state, restoring, rng_state,
+                         save_run_checkpoint, set_rng_state)
 from .config import Config, TrainConfig, config_to_dict
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
@@ -229,15 +230,24 @@ def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
         torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16), compiled)
 
 
-def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int) -> None:
+def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int,
+            where: str | Path = "checkpoint") -> None:
     """Load a checkpoint's training state into ``parts`` and the global RNGs, then apply the
     config's lr and weight decay: the optimizer and scheduler states carry the values they were
     saved with, and left alone they would silently win over a ``--set train.lr=...`` that
     config.yaml records. (The LR schedule's shape, max_steps, the intervals, grad_clip and the
-    EMA settings are read from the config at every step, so they follow it by themselves.)"""
-    parts.model.load_state_dict(ckpt["model"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    EMA settings are read from the config at every step, so they follow it by themselves.)
+
+    A damaged state (missing, of the wrong type, not fitting the model) is one CheckpointError
+    naming the part, raised before the run folder is touched: ``where`` names the file."""
+    check_training_state(ckpt, where)
+    check_optimizer_fits(ckpt["optimizer"], parts.optimizer, where)
+    with restoring("model", where):
+        parts.model.load_state_dict(ckpt["model"])
+    with restoring("optimizer", where):
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+    with restoring("scheduler", where):
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scheduler.base_lrs = [tc.lr] * len(parts.optimizer.param_groups)
     factor = lr_factor(parts.scheduler.last_epoch, tc, total_steps)
     for i, group in enumerate(parts.optimizer.param_groups):
@@ -246,10 +256,13 @@ def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int) -> None
             group["weight_decay"] = tc.weight_decay
     parts.scheduler._last_lr = [g["lr"] for g in parts.optimizer.param_groups]
     if parts.ema is not None:
-        parts.ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    if parts.scaler.is_enabled() and ckpt["scaler"] is not None:
-        parts.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+        with restoring("ema", where):
+            parts.ema.load_state_dict(ckpt["model"] if ckpt.get("ema") is None else ckpt["ema"])
+    if parts.scaler.is_enabled() and ckpt.get("scaler") is not None:
+        with restoring("scaler", where):
+            parts.scaler.load_state_dict(ckpt["scaler"])
+    with restoring("rng", where):
+        set_rng_state(ckpt["rng"])
 
 
 # --------------------------------------------------------------------------------- loss
@@ -522,7 +535,7 @@ def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
     loss_fn, loss_note = _loss_fn(cfg, schedule, parts, rt, resuming=ckpt is not None)
     step, seconds_before = 0, 0.0
     if ckpt is not None:
-        restore(parts, ckpt, tc, total_steps)
+        restore(parts, ckpt, tc, total_steps, resume)
         step, seconds_before = ckpt["step"], ckpt["train_seconds"]
         if step >= total_steps:
             raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "

@@ -352,3 +352,71 @@ def test_patch_size_2_trains_resumes_and_samples(synthetic_dir, tmp_path, monkey
                               "2", "-o", "p.png"])
     assert out.exit_code == 0, out.output
     assert Image.open("p.png").size[0] > 28
+
+
+# --------------------------------------------------------------------------------- damaged resume
+
+def _first_moment(c: dict) -> dict:
+    return next(iter(c["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("rng"), r"'rng' is NoneType, expected the RNG states"),
+    (lambda c: c.update(rng=[1, 2]), r"'rng' is list"),
+    (lambda c: c["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)), r"'rng.torch' is not"),
+    (lambda c: c["rng"].pop("torch"), r"'rng.torch' is not"),
+    (lambda c: c["rng"].update(numpy=[[1, 2], 0, 0, 0.0]), r"'rng.numpy' is not"),
+    (lambda c: c["rng"]["python"].__setitem__(1, [0] * 10), r"'rng.python' is not"),
+    (lambda c: c["rng"].update(cuda="x"), r"'rng.cuda' is not"),
+    (lambda c: c.update(optimizer=[1]), r"'optimizer' is not an optimizer state"),
+    (lambda c: c["optimizer"].pop("param_groups"), r"'optimizer' is not an optimizer state"),
+    (lambda c: c["optimizer"]["param_groups"].pop(), r"'optimizer' has 1 parameter groups, "
+                                                     r"the model's optimizer 2"),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), r"'optimizer' group 0 holds"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(betas="x"), r"group 0 has betas='x'"),
+    (lambda c: c["optimizer"]["param_groups"][1].pop("lr"), r"group 1 has lr=None"),
+    (lambda c: _first_moment(c).update(exp_avg=torch.zeros(3)), r"'optimizer' state 'exp_avg' "
+                                                                r"of parameter 0 is a tensor of "
+                                                                r"shape \(3,\)"),
+    (lambda c: c["optimizer"]["state"].update({999: {}}), r"state 999 for no parameter"),
+    (lambda c: c.update(scheduler=3), r"'scheduler' is not an LR scheduler state"),
+    (lambda c: c["scheduler"].pop("lr_lambdas"), r"'scheduler' is not"),
+    (lambda c: c["scheduler"].update(last_epoch="ten"), r"'scheduler' is not"),
+    (lambda c: c.update(scaler={"scale": 2.0}), r"'scaler' is not a loss scaler state"),
+    (lambda c: c.update(scaler="x"), r"'scaler' is not"),
+    (lambda c: c.pop("train_seconds"), r"'train_seconds' is None"),
+    (lambda c: c.update(optimizer=None, scheduler=None, rng=None), r"holds weights only"),
+], ids=["no-rng", "rng-list", "rng-torch-short", "rng-torch-missing", "rng-numpy", "rng-python",
+        "rng-cuda", "optimizer-list", "optimizer-no-groups", "optimizer-one-group",
+        "optimizer-group-size", "optimizer-betas", "optimizer-no-lr", "optimizer-moment-shape",
+        "optimizer-stray-state", "scheduler-int", "scheduler-no-lambdas", "scheduler-epoch-str",
+        "scaler-keys", "scaler-str", "no-train-seconds", "weights-only"])
+def test_resuming_a_damaged_training_state_is_one_line_and_writes_nothing(
+        tiny_checkpoint, tmp_path, change, message):
+    """Each of these was a KeyError / ValueError / AttributeError traceback, some only at the
+    first step, after config.yaml and the log had been rewritten."""
+    import shutil
+
+    from mnistdiff.checkpoint import prepare_run, save_checkpoint
+    from mnistdiff.errors import CheckpointError
+
+    run_dir = shutil.copytree(tiny_checkpoint.parent.parent, tmp_path / "run")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    change(ckpt)
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    cfg, out, path = prepare_run(None, ["train.max_steps=30"], None, str(run_dir))
+    with pytest.raises(CheckpointError, match=message) as e:
+        run(cfg, out, resume=path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_what_torch_rejects_beyond_the_checks_is_one_line_too():
+    from mnistdiff.checkpoint import restoring
+    from mnistdiff.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"^x.pt: damaged checkpoint \('scaler' cannot be "
+                                              r"restored: 'growth_factor'\)$"):
+        with restoring("scaler", "x.pt"):
+            torch.amp.GradScaler("cpu", enabled=True).load_state_dict({"scale": 2.0})
