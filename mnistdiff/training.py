@@ -16,7 +16,7 @@ The hot loop never waits for the device: each step's loss stays on the device in
 read back once per flush (log / sample / checkpoint / stop points). A non-finite loss is found
 there, named by its step, and stops the run before anything is written, so the last checkpoint on
 disk is always a good one. Under DDP that flush is one all-reduce, which also lets all ranks agree
-on a stop request (SIGINT / SIGTERM) and on the loss they log.
+on a stop request (SIGINT / SIGTERM / SIGHUP) and on the loss they log.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TrainResult:
     images_per_s: float       # this session's training throughput (sampling/saving excluded)
     peak_memory_mb: float     # CUDA: peak allocated; CPU: peak resident set of the process
     final_loss: float | None  # mean loss of the last flushed interval
-    interrupted: bool         # stopped by SIGINT / SIGTERM
+    interrupted: bool         # stopped by SIGINT / SIGTERM / SIGHUP
     sampling_weights: str = "raw"  # what sample / evaluate use by default: "ema" or "raw"
 
 
@@ -338,9 +338,16 @@ def train_step(parts: Parts, batches: Iterator, loss_fn: LossFn, cfg: Config,
 
 # --------------------------------------------------------------------------------- stopping
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+_HANGUP = getattr(signal, "SIGHUP", None)
+
+
 class StopRequest:
-    """SIGINT / SIGTERM set ``requested``: the loop finishes its step, checkpoints and returns.
-    A second SIGINT aborts at once. Handlers are only installed in the main thread."""
+    """SIGINT, SIGTERM and SIGHUP set ``requested``: the loop finishes its step, checkpoints and
+    returns, so neither Ctrl-C, a ``kill`` nor a closed terminal loses work. A second SIGINT
+    aborts at once. Handlers are only installed in the main thread, and SIGHUP's only where the
+    signal is not ignored: a run started under ``nohup`` goes on when its terminal closes."""
 
     def __init__(self) -> None:
         self.requested, self._previous = False, {}
@@ -352,8 +359,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle)
-                              for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS
+                              if s != _HANGUP or signal.getsignal(s) != signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -390,6 +397,19 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def _messages(console) -> Callable[..., None]:
+    """``console.print``, or nothing without a console. Messages are best effort: a terminal that
+    has gone away (SIGHUP) or a full disk under a redirected stdout must not stop the run before
+    its checkpoint is written."""
+    if console is None:
+        return lambda *args, **kwargs: None
+
+    def say(*args, **kwargs) -> None:
+        with contextlib.suppress(OSError):
+            console.print(*args, **kwargs)
+    return say
 
 
 def _progress(console, enabled: bool):
@@ -500,8 +520,7 @@ def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
 def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progress: bool,
            console, stack: contextlib.ExitStack) -> TrainResult:
     check_new_run(out_dir, resuming=resume is not None)
-    say = console.print if console is not None else (lambda *args, **kwargs: None)
-    s = _setup(cfg, rt, out_dir, resume, say)
+    s = _setup(cfg, rt, out_dir, resume, _messages(console))
     if rt.is_main:
         # Nothing is created before this point, so a run that cannot start (no data, a bad
         # checkpoint) leaves no folder behind; from here on the folder is ours alone.

@@ -420,3 +420,67 @@ def test_what_torch_rejects_beyond_the_checks_is_one_line_too():
                                               r"restored: 'growth_factor'\)$"):
         with restoring("scaler", "x.pt"):
             torch.amp.GradScaler("cpu", enabled=True).load_state_dict({"scale": 2.0})
+
+
+# --------------------------------------------------------------------------------- SIGHUP
+
+def test_sighup_stops_a_training_process_cleanly_and_it_resumes(synthetic_dir, tmp_path,
+                                                                monkeypatch):
+    """A closed terminal sends SIGHUP: the run finishes its step, checkpoints and exits 0."""
+    import time
+
+    run_dir = tmp_path / "r"
+    sets = [*synthetic_overrides(synthetic_dir), "train.max_steps=100000", "sample.steps=2",
+            "train.log_every=2", "train.checkpoint_every=100000"]
+    cmd = [sys.executable, "-m", "mnistdiff", "train", "-c", str(TINY), "--out", str(run_dir),
+           "--device", "cpu", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # As in a terminal: not ignoring SIGHUP, even when the test runner itself runs under nohup.
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, preexec_fn=lambda: signal.signal(signal.SIGHUP,
+                                                                       signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "log.jsonl").is_file() or not (run_dir / "log.jsonl").read_text():
+            assert child.poll() is None, child.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGHUP)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, stderr[-2000:]
+    assert "stopped at step" in stdout and "Traceback" not in stderr
+    step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    assert 2 <= step < 100000
+    assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
+
+    monkeypatch.chdir(tmp_path)
+    more = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--set",
+                                    f"train.max_steps={step + 2}", "--device", "cpu",
+                                    "--no-progress"])
+    assert more.exit_code == 0, more.output
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == step + 2
+
+
+def test_sighup_is_left_alone_under_nohup():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    try:
+        with training.StopRequest() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)
+            assert not stop.requested
+        caught = []
+
+        def terminal(signum, frame):  # stands in for the default action (which would end pytest)
+            caught.append(signum)
+
+        signal.signal(signal.SIGHUP, terminal)
+        with training.StopRequest() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop.requested and not caught
+        assert signal.getsignal(signal.SIGHUP) is terminal  # restored
+    finally:
+        signal.signal(signal.SIGHUP, previous)
