@@ -1,5 +1,5 @@
-"""Checkpoints: the format, atomic writes, safe loads, the checks that keep a damaged file from
-becoming a traceback, finding the file a user means, rebuilding the model.
+"""Checkpoints: the format, atomic writes, bounded and safe loads, the checks that keep a damaged
+file from becoming a traceback, finding the file a user means, rebuilding the model.
 
 A checkpoint is one ``torch.save``d dict of plain data (tensors, numbers, strings, lists, dicts),
 so it loads with ``torch.load(weights_only=True)`` and never runs code from the file; see
@@ -40,6 +40,12 @@ from .unet import ConditionalUNet, build_model
 
 FORMAT = "mnistdiff-checkpoint"
 FORMAT_VERSION = 1
+# What a checkpoint may inflate to in memory. torch.save stores its records uncompressed, so a
+# real checkpoint needs about its file size; one of a 28x28 U-Net (a few million parameters, with
+# the optimizer's two moments) takes tens of MiB. More than 4x the file, or more than MAX_BYTES
+# in all, is a crafted or broken file, refused before torch allocates anything for it.
+MAX_INFLATION, INFLATION_SLACK = 4, 64 * 2**20
+MAX_BYTES = 2 * 2**30
 
 
 # --------------------------------------------------------------------------------- the format
@@ -122,14 +128,64 @@ def set_rng_state(state: dict) -> None:
 
 # --------------------------------------------------------------------------------- reading
 
+def _available_memory() -> int | None:
+    """Bytes of memory the kernel can give this process without swapping (MemAvailable), or
+    None where /proc/meminfo does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_archive(path: Path) -> bool:
+    """CheckpointError unless the records of the zip archive at ``path`` (torch.save's format)
+    inflate to a size a checkpoint can have: at most ``MAX_INFLATION`` x the file plus
+    ``INFLATION_SLACK``, at most ``MAX_BYTES``, and no more than the memory available. The sizes
+    come from the zip's central directory, which is also what torch allocates by, so nothing
+    is decompressed here. Returns whether torch.load can map the file (``mmap=True``): a zip of
+    stored records, as torch.save writes them. False for anything else (a truncated file, a
+    legacy-format one: torch.load then reports or reads it as before)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+    on_disk, inflated = path.stat().st_size, sum(r.file_size for r in records)
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: refusing to load, its records inflate to "
+                               f"{inflated / 2**20:,.0f} MiB from {on_disk / 2**20:,.1f} MiB "
+                               f"on disk ({why})")
+
+    if inflated > MAX_INFLATION * on_disk + INFLATION_SLACK:
+        raise refuse("torch.save stores checkpoints uncompressed: this file is crafted or "
+                     "broken")
+    if inflated > MAX_BYTES:
+        raise refuse(f"more than the {MAX_BYTES / 2**20:,g} MiB a checkpoint of a 28x28 model "
+                     f"can need")
+    available = _available_memory()
+    if available is not None and inflated > available:
+        raise refuse(f"{available / 2**20:,.0f} MiB of memory is available")
+    return all(r.compress_type == zipfile.ZIP_STORED for r in records)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint with ``weights_only=True``; CheckpointError when it is missing,
-    corrupted or not a mnistdiff checkpoint."""
+    corrupted, not a mnistdiff checkpoint, or would inflate beyond what a checkpoint can be
+    (:func:`check_archive`, before torch allocates anything)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    mappable = check_archive(path)
+    # Mapped copy-on-write (MAP_PRIVATE): what a command does not touch (the optimizer state when
+    # sampling) is never read into memory (a 143 MB mnist.yaml checkpoint: 100 MiB peak instead
+    # of 190), and writes to the tensors never reach the file. Checkpoints are replaced by
+    # rename (files.write_atomic), so a mapped file is never truncated underneath a reader.
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mappable)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
             zipfile.BadZipFile) as e:  # torch reports a truncated file in several of these ways
         reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else ""
@@ -384,27 +440,41 @@ def restoring(part: str, where: str | Path) -> Iterator[None]:
         raise damaged(where, f"'{part}' cannot be restored: {reason}") from None
 
 
-def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet, Config]:
-    """Rebuild the network from the checkpoint's config and load its weights (the EMA weights
-    when ``ema`` and the checkpoint has them). Returns the model in eval mode and the config."""
+# --------------------------------------------------------------------------------- the model
+
+def check_weights_fit(model_cfg, weights: dict, what: str = "weights") -> None:
+    """CheckpointError unless the state dict ``weights`` has exactly the names and shapes of the
+    U-Net ``model_cfg`` (a ModelConfig) describes. The U-Net is built on the meta device, which
+    allocates nothing: a stored config may ask for any size (one asking for an enormous network
+    made ``sample`` allocate 20 GB before the weights were compared)."""
     try:
-        cfg = config_from_dict(ckpt["config"])
-    except MnistdiffError as e:
-        raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
-    try:
-        model = build_model(cfg.model)
+        with torch.device("meta"):
+            expected = build_model(model_cfg).state_dict()
     except MnistdiffError as e:
         raise CheckpointError(f"the checkpoint's model config cannot be built: {e}") from None
-    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
-    names = model.state_dict().keys()
-    missing, unexpected = sorted(names - weights.keys()), sorted(weights.keys() - names)
+    missing = sorted(expected.keys() - weights.keys())
+    unexpected = sorted(weights.keys() - expected.keys())
     if missing or unexpected:
-        raise CheckpointError(f"the checkpoint's weights do not fit its model config "
+        raise CheckpointError(f"the checkpoint's {what} do not fit its model config "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for name, tensor in model.state_dict().items():
+    for name, tensor in expected.items():
         if tensor.shape != weights[name].shape:
             raise CheckpointError(f"the checkpoint's weight '{name}' has shape "
                                   f"{tuple(weights[name].shape)}, the model config needs "
                                   f"{tuple(tensor.shape)}")
+
+
+def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet, Config]:
+    """Rebuild the network from the checkpoint's config and load its weights (the EMA weights
+    when ``ema`` and the checkpoint has them). Returns the model in eval mode and the config.
+    The weights are compared with the config before the network is built, so it is never
+    larger than they are."""
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except MnistdiffError as e:
+        raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
+    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    check_weights_fit(cfg.model, weights)
+    model = build_model(cfg.model)
     model.load_state_dict(weights)
     return model.eval(), cfg

@@ -41,8 +41,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import diffusion, distill
 from .checkpoint import (LAST, check_optimizer_fits, check_resumable, check_same_model,
-                         check_training_state, load_checkpoint, make_state, restoring, rng_state,
-                         save_run_checkpoint, set_rng_state)
+                         check_training_state, check_weights_fit, load_checkpoint, make_state,
+                         restoring, rng_state, save_run_checkpoint, set_rng_state)
 from .config import Config, TrainConfig, config_to_dict
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
@@ -565,10 +565,15 @@ def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
 
 def _resume_checkpoint(cfg: Config, resume: Path) -> dict:
     """The checkpoint to resume from, refused (CheckpointError) before anything is built when it
-    cannot continue under ``cfg``: another architecture or a setting that cannot change."""
+    cannot continue under ``cfg``: another architecture, a setting that cannot change, weights
+    that do not fit (compared on the meta device, so a damaged stored config never gets to
+    allocate its model). Its training state is checked by ``restore``."""
     ckpt = load_checkpoint(resume)
     check_same_model(ckpt, cfg, resume)
     check_resumable(ckpt, cfg, resume)
+    check_weights_fit(cfg.model, ckpt["model"])
+    if ckpt.get("ema") is not None:
+        check_weights_fit(cfg.model, ckpt["ema"], "EMA weights")
     return ckpt
 
 
