@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, safe loading, finding runs, rebuilding the model."""
+"""Checkpoint files: the format, atomic writes, safe and bounded loading, finding runs,
+rebuilding the model."""
 
 import os
 import random

@@ -1,5 +1,6 @@
-"""The training loop on tiny configs on the CPU: learning, exact resume, signals, non-finite
-losses, DDP with two gloo processes, and the pieces (LR schedule, EMA) in closed form."""
+"""The training loop on tiny configs on the CPU: learning, exact resume, signals (SIGINT, SIGHUP),
+non-finite losses, damaged training states on resume, DDP with two gloo processes, and the
+pieces (LR schedule, EMA) in closed form."""
 
 import dataclasses
 import json
@@ -484,3 +485,22 @@ def test_sighup_is_left_alone_under_nohup():
         assert signal.getsignal(signal.SIGHUP) is terminal  # restored
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+def test_restore_loads_an_fp16_loss_scaler(synthetic_dir):
+    """The fp16 path (CUDA only in training), with a CPU GradScaler standing in."""
+    cfg = tiny_config(synthetic_dir)
+    rt = training.Runtime(torch.device("cpu"), None)
+
+    def parts_with_scaler(scale: float) -> training.Parts:
+        parts = training.build_parts(cfg, rt, total_steps=20)
+        parts.scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=True)
+        return parts
+
+    saved = parts_with_scaler(1024.0)
+    ckpt = training._checkpoint_state(cfg, saved, step=0, batches_per_epoch=12,
+                                      train_seconds=0.0)
+    assert ckpt["scaler"]["scale"] == 1024.0
+    fresh = parts_with_scaler(65536.0)
+    training.restore(fresh, ckpt, cfg.train, 20)
+    assert fresh.scaler.state_dict() == saved.scaler.state_dict()
