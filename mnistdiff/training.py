@@ -1,9 +1,11 @@
-"""The training loop, top to bottom: runtime, model, optimizer, EMA, loop, files.
+"""The training loop, top to bottom: runtime, parts (model, EMA, optimizer, LR schedule), loss,
+step, stop requests, then the loop itself: set up, train, flush, save, finish.
 
     result = train(load_config("configs/mnist.yaml"), "runs/mnist")
 
 One process per device; ``torchrun --nproc_per_node=N -m mnistdiff train ...`` runs N of them
-with DistributedDataParallel, each rank on its slice of every global batch, rank 0 writing files.
+with DistributedDataParallel, each rank on its slice of every global batch, rank 0 writing files
+(the run folder: see run.py; the checkpoint format: see checkpoint.py).
 
 Determinism: the data order is a function of (seed, epoch) (see ``data.BatchLoader``) and the
 random draws of step s (timesteps, noise, label dropout, dropout masks) come from the device's
@@ -14,7 +16,7 @@ The hot loop never waits for the device: each step's loss stays on the device in
 read back once per flush (log / sample / checkpoint / stop points). A non-finite loss is found
 there, named by its step, and stops the run before anything is written, so the last checkpoint on
 disk is always a good one. Under DDP that flush is one all-reduce, which also lets all ranks agree
-on a stop request (SIGINT / SIGTERM) and on the loss they log.
+on a stop request (SIGINT / SIGTERM / SIGHUP) and on the loss they log.
 """
 
 from __future__ import annotations
@@ -22,15 +24,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import resource
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,18 +39,18 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import __version__, diffusion, distill
-from .checkpoint import (FORMAT, FORMAT_VERSION, LAST, STEP_FILE, check_resumable,
-                         check_same_model, load_checkpoint, rng_state, save_run_checkpoint,
-                         set_rng_state)
-from .config import Config, TrainConfig, config_to_dict, dump_yaml
+from . import diffusion, distill
+from .checkpoint import (LAST, check_optimizer_fits, check_resumable, check_same_model,
+                         check_training_state, check_weights_fit, load_checkpoint, make_state,
+                         restoring, rng_state, save_run_checkpoint, set_rng_state)
+from .config import Config, TrainConfig, config_to_dict
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
-from .files import write_atomic
-from .seeding import mix_seed
 from .pipeline import Pipeline, resolve_device
+from .run import CHECKPOINTS, LOG, append_log, check_new_run, close_run, open_run, run_lock
+from .seeding import mix_seed
 from .unet import ConditionalUNet, build_model, count_parameters
-from .visualize import image_grid, plot_loss, save_image
+from .visualize import image_grid, save_image
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class TrainResult:
     images_per_s: float       # this session's training throughput (sampling/saving excluded)
     peak_memory_mb: float     # CUDA: peak allocated; CPU: peak resident set of the process
     final_loss: float | None  # mean loss of the last flushed interval
-    interrupted: bool         # stopped by SIGINT / SIGTERM
+    interrupted: bool         # stopped by SIGINT / SIGTERM / SIGHUP
     sampling_weights: str = "raw"  # what sample / evaluate use by default: "ema" or "raw"
 
 
@@ -230,15 +230,24 @@ def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
         torch.amp.GradScaler(rt.device.type, enabled=rt.amp is torch.float16), compiled)
 
 
-def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int) -> None:
+def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int,
+            where: str | Path = "checkpoint") -> None:
     """Load a checkpoint's training state into ``parts`` and the global RNGs, then apply the
     config's lr and weight decay: the optimizer and scheduler states carry the values they were
     saved with, and left alone they would silently win over a ``--set train.lr=...`` that
     config.yaml records. (The LR schedule's shape, max_steps, the intervals, grad_clip and the
-    EMA settings are read from the config at every step, so they follow it by themselves.)"""
-    parts.model.load_state_dict(ckpt["model"])
-    parts.optimizer.load_state_dict(ckpt["optimizer"])
-    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    EMA settings are read from the config at every step, so they follow it by themselves.)
+
+    A damaged state (missing, of the wrong type, not fitting the model) is one CheckpointError
+    naming the part, raised before the run folder is touched: ``where`` names the file."""
+    check_training_state(ckpt, where)
+    check_optimizer_fits(ckpt["optimizer"], parts.optimizer, where)
+    with restoring("model", where):
+        parts.model.load_state_dict(ckpt["model"])
+    with restoring("optimizer", where):
+        parts.optimizer.load_state_dict(ckpt["optimizer"])
+    with restoring("scheduler", where):
+        parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scheduler.base_lrs = [tc.lr] * len(parts.optimizer.param_groups)
     factor = lr_factor(parts.scheduler.last_epoch, tc, total_steps)
     for i, group in enumerate(parts.optimizer.param_groups):
@@ -247,42 +256,16 @@ def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int) -> None
             group["weight_decay"] = tc.weight_decay
     parts.scheduler._last_lr = [g["lr"] for g in parts.optimizer.param_groups]
     if parts.ema is not None:
-        parts.ema.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
-    if parts.scaler.is_enabled() and ckpt["scaler"] is not None:
-        parts.scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+        with restoring("ema", where):
+            parts.ema.load_state_dict(ckpt["model"] if ckpt.get("ema") is None else ckpt["ema"])
+    if parts.scaler.is_enabled() and ckpt.get("scaler") is not None:
+        with restoring("scaler", where):
+            parts.scaler.load_state_dict(ckpt["scaler"])
+    with restoring("rng", where):
+        set_rng_state(ckpt["rng"])
 
 
-@contextlib.contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``out_dir/.lock`` while training into it, so a second
-    ``train --resume`` of the same run is refused (two trainers would interleave log.jsonl and
-    overwrite each other's checkpoints). The OS drops the lock when the process dies, even by
-    kill -9, so a stale lock file never blocks anything. Creates ``out_dir``."""
-    import fcntl
-
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        f = open(out_dir / ".lock", "a+")
-    except OSError as e:
-        raise MnistdiffError(f"cannot use {out_dir} as a run folder: {e.strerror}") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise MnistdiffError(f"{out_dir} is being trained by another process (pid {holder}); "
-                                 f"wait for it to finish or stop it first") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
+# --------------------------------------------------------------------------------- loss
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (net, x0, y) -> loss
 
@@ -302,6 +285,26 @@ def make_loss(cfg: Config, schedule: diffusion.Schedule,
                                        null_label=cfg.model.num_classes)
     return denoising_loss
 
+
+def _loss_fn(cfg: Config, schedule: diffusion.Schedule, parts: Parts, rt: Runtime,
+             resuming: bool) -> tuple[LossFn, str | None]:
+    """What this run's steps minimize, and a line for the log saying what it is when that is not
+    the plain denoising loss. The one place training knows about distillation (see distill.py):
+    for a distillation run (cfg.distill.teacher set) the loss is the student's against its
+    teacher, and a new student starts as the teacher (its weights in the model and the EMA; a
+    resumed one has its own)."""
+    if not distill.is_distillation(cfg):
+        return make_loss(cfg, schedule), None
+    teacher, _ = distill.load_teacher(cfg.distill, rt.device)
+    distiller = distill.Distiller(teacher, schedule, cfg)
+    if not resuming:
+        parts.model.load_state_dict(teacher.state_dict())
+        if parts.ema is not None:
+            parts.ema.load_state_dict(teacher.state_dict())
+    return make_loss(cfg, schedule, distiller), distill.describe(cfg)
+
+
+# --------------------------------------------------------------------------------- step
 
 def train_step(parts: Parts, batches: Iterator, loss_fn: LossFn, cfg: Config,
                rt: Runtime, step: int) -> torch.Tensor:
@@ -333,9 +336,18 @@ def train_step(parts: Parts, batches: Iterator, loss_fn: LossFn, cfg: Config,
     return total
 
 
+# --------------------------------------------------------------------------------- stopping
+
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+_HANGUP = getattr(signal, "SIGHUP", None)
+
+
 class StopRequest:
-    """SIGINT / SIGTERM set ``requested``: the loop finishes its step, checkpoints and returns.
-    A second SIGINT aborts at once. Handlers are only installed in the main thread."""
+    """SIGINT, SIGTERM and SIGHUP set ``requested``: the loop finishes its step, checkpoints and
+    returns, so neither Ctrl-C, a ``kill`` nor a closed terminal loses work. A second SIGINT
+    aborts at once. Handlers are only installed in the main thread, and SIGHUP's only where the
+    signal is not ignored: a run started under ``nohup`` goes on when its terminal closes."""
 
     def __init__(self) -> None:
         self.requested, self._previous = False, {}
@@ -347,8 +359,8 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle)
-                              for s in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS
+                              if s != _HANGUP or signal.getsignal(s) != signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -356,46 +368,48 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-# --------------------------------------------------------------------------------- run folder
+# --------------------------------------------------------------------------------- bookkeeping
 
-def append_log(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+@dataclass
+class Throughput:
+    """Training steps and seconds of this session (sampling and saving excluded): in all, and
+    from the first log line on ("warm": leaving out torch.compile and cuDNN autotuning)."""
+    steps: int = 0
+    seconds: float = 0.0
+    warm_steps: int = 0
+    warm_seconds: float = 0.0
 
+    def add(self, steps: int, seconds: float, warm: bool) -> None:
+        self.steps += steps
+        self.seconds += seconds
+        if warm:
+            self.warm_steps += steps
+            self.warm_seconds += seconds
 
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def trim_log(path: Path, step: int) -> None:
-    """Drop log records after ``step`` (left by a run that went on past the resumed checkpoint)."""
-    kept = [r for r in read_log(path) if r["step"] <= step]
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-
-def rewind_note(out_dir: Path, step: int) -> str | None:
-    """One line when resuming at ``step`` rewinds a run folder that went further (``--resume``
-    of an older step-N.pt into its own run): what is kept and what is dropped, so nothing is
-    lost silently. None when nothing is rewound."""
-    later = [r["step"] for r in read_log(out_dir / "log.jsonl") if r["step"] > step]
-    step_files = sorted(int(m.group(1)) for p in (out_dir / "checkpoints").glob("step-*.pt")
-                        if (m := STEP_FILE.fullmatch(p.name)) and int(m.group(1)) > step)
-    if not later and not step_files:
-        return None
-    reached = max(later + step_files)
-    dropped = [f"{len(later)} log.jsonl records after step {step}"] if later else []
-    if step_files:
-        dropped.append("last.pt and step files " + ", ".join(map(str, step_files))
-                       + " as training reaches them again")
-    return (f"[yellow]rewinding:[/] this run reached step {reached}, resuming at step {step}; "
-            f"kept: everything up to step {step}; dropped: {' and '.join(dropped)} (resume into "
-            f"a new --out to keep both)")
+    def images_per_s(self, images_per_step: int) -> float:
+        """The warm rate when there is one (more than one log interval), else the overall one."""
+        steps, seconds = ((self.warm_steps, self.warm_seconds) if self.warm_steps
+                          else (self.steps, self.seconds))
+        return images_per_step * (steps / seconds) if seconds > 0 else 0.0
 
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def _messages(console) -> Callable[..., None]:
+    """``console.print``, or nothing without a console. Messages are best effort: a terminal that
+    has gone away (SIGHUP) or a full disk under a redirected stdout must not stop the run before
+    its checkpoint is written."""
+    if console is None:
+        return lambda *args, **kwargs: None
+
+    def say(*args, **kwargs) -> None:
+        with contextlib.suppress(OSError):
+            console.print(*args, **kwargs)
+    return say
 
 
 def _progress(console, enabled: bool):
@@ -429,6 +443,63 @@ def _gather(pending: list[torch.Tensor], stop: bool, rt: Runtime) -> tuple[list[
 
 # --------------------------------------------------------------------------------- the loop
 
+@dataclass
+class Session:
+    """What one call of ``train`` works with, fixed once it is set up (see ``_setup``)."""
+    cfg: Config
+    rt: Runtime
+    out_dir: Path
+    say: Callable[..., None]     # console.print on rank 0, else nothing
+    loader: BatchLoader          # this rank's slice of every global batch
+    parts: Parts
+    loss_fn: LossFn
+    loss_note: str | None        # what the loss is when not plain denoising (distillation)
+    total_steps: int
+    start_step: int              # optimizer steps done before this session
+    seconds_before: float        # training seconds of the sessions before
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.train.grad_accum
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / CHECKPOINTS
+
+
+@dataclass
+class Loop:
+    """The loop's state between flushes."""
+    step: int
+    start: float  # time.perf_counter() when the loop started
+    tick: float   # ... when the last flush ended: training time is counted from there
+    pending: list[torch.Tensor] = field(default_factory=list)  # per-step losses on the device
+    window: list[float] = field(default_factory=list)          # per-step losses since last log
+    window_seconds: float = 0.0
+    throughput: Throughput = field(default_factory=Throughput)
+    logged: bool = False  # a log line was written this session: the throughput is warm
+    final_loss: float | None = None
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Due:
+    """What the flush after a step has to do."""
+    log: bool
+    sample: bool
+    save: bool
+
+    @classmethod
+    def at(cls, step: int, tc: TrainConfig, total_steps: int) -> Due:
+        at_end = step == total_steps
+        return cls(log=step % tc.log_every == 0 or at_end,
+                   sample=(tc.sample_every > 0 and step % tc.sample_every == 0) or at_end,
+                   save=step % tc.checkpoint_every == 0 or at_end)
+
+    def __bool__(self) -> bool:
+        return self.log or self.sample or self.save
+
+
 def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
           device: str = "auto", progress: bool = True, console=None) -> TrainResult:
     """Train ``cfg`` into the run folder ``out_dir``, continuing from the checkpoint file
@@ -448,168 +519,187 @@ def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
 
 def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progress: bool,
            console, stack: contextlib.ExitStack) -> TrainResult:
-    tc = cfg.train
-    say = console.print if console is not None else (lambda *args, **kwargs: None)
-    ckpt_dir, log_path = out_dir / "checkpoints", out_dir / "log.jsonl"
-    if resume is None and (ckpt_dir / LAST).exists():
-        raise MnistdiffError(f"{out_dir} already holds a run; continue it with --resume {out_dir} "
-                             f"or choose another --out")
-
-    # Data: the whole split on the device; this rank reads its slice of every global batch.
-    loader = BatchLoader(load_dataset(cfg.data, "train"), tc.batch_size, seed=tc.seed,
-                         rank=rt.rank, world_size=rt.world_size, device=rt.device)
-    total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
-    images_per_step = tc.batch_size * tc.grad_accum
-
-    parts = build_parts(cfg, rt, total_steps)
-    model, ema = parts.model, parts.ema
-    schedule = diffusion.make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
-                                       cfg.diffusion.beta_start, cfg.diffusion.beta_end, rt.device)
-    distiller = None
-    if distill.is_distillation(cfg):  # the student starts as the teacher
-        teacher, _ = distill.load_teacher(cfg.distill, rt.device)
-        distiller = distill.Distiller(teacher, schedule, cfg)
-        if resume is None:
-            model.load_state_dict(teacher.state_dict())
-            if ema is not None:
-                ema.load_state_dict(teacher.state_dict())
-    loss_fn = make_loss(cfg, schedule, distiller)
-    step, seconds_before = 0, 0.0
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        check_same_model(ckpt, cfg, resume)
-        check_resumable(ckpt, cfg, resume)
-        restore(parts, ckpt, tc, total_steps)
-        step, seconds_before = ckpt["step"], ckpt["train_seconds"]
-        if step >= total_steps:
-            raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "
-                                 f"steps; raise train.max_steps (or train.epochs) to go on")
-
+    check_new_run(out_dir, resuming=resume is not None)
+    s = _setup(cfg, rt, out_dir, resume, _messages(console))
     if rt.is_main:
         # Nothing is created before this point, so a run that cannot start (no data, a bad
         # checkpoint) leaves no folder behind; from here on the folder is ours alone.
         stack.enter_context(run_lock(out_dir))
-        if resume is None and (ckpt_dir / LAST).exists():  # another run got here first
-            raise MnistdiffError(f"{out_dir} already holds a run; continue it with --resume "
-                                 f"{out_dir} or choose another --out")
-        try:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MnistdiffError(f"cannot create {ckpt_dir}: {e.strerror}") from None
-        rewind = rewind_note(out_dir, step)
-        if rewind:
-            say(rewind)
-        write_atomic(out_dir / "config.yaml", dump_yaml(cfg).encode())
-        trim_log(log_path, step)
-        say(f"run folder [bold]{out_dir}[/]: config.yaml, checkpoints/, log.jsonl, samples/, "
-            f"loss.png, summary.json")
-        say(f"{count_parameters(model) / 1e6:.2f}M parameters on {rt.device} x{rt.world_size}, "
-            f"amp {amp_name(rt)}, compile {'on' if parts.compiled else 'off'}; steps {step} -> "
-            f"{total_steps} of {images_per_step} images ({len(loader)} batches per epoch)"
-            + (f", resumed from {resume}" if resume else ""))
-        if distiller is not None:
-            say(distill.describe(cfg))
-
-    def save() -> Path:
-        epoch, batch = divmod(step * tc.grad_accum, len(loader))
-        return save_run_checkpoint(ckpt_dir, {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config_to_dict(cfg), "step": step, "epoch": epoch, "batch": batch,
-            "model": model.state_dict(), "ema": ema.state_dict() if ema else None,
-            "optimizer": parts.optimizer.state_dict(), "scheduler": parts.scheduler.state_dict(),
-            "scaler": parts.scaler.state_dict() if parts.scaler.is_enabled() else None,
-            "rng": rng_state(),
-            "train_seconds": seconds_before + time.perf_counter() - start,
-            "images_seen": step * images_per_step,
-        }, tc.keep_last)
-
-    batches = batch_stream(loader, step * tc.grad_accum)
-    pending: list[torch.Tensor] = []  # per-step losses on the device, since the last flush
-    window: list[float] = []          # per-step losses since the last log line
-    first_log_done = False
-    final_loss, interrupted = None, False
-    # Throughput counts training time only, not sampling or saving, and leaves out the first log
-    # interval (torch.compile, cuDNN autotuning) when there are more.
-    window_time, timed, warm = 0.0, [0, 0.0], [0, 0.0]  # [steps, seconds]
-    start = tick = time.perf_counter()
-    with StopRequest() as stop, _progress(console, progress) as bar:
-        task = bar.add_task("train", total=total_steps, completed=step,
-                            epoch=step * tc.grad_accum / len(loader), loss="-", ips="-")
-        while step < total_steps:
-            pending.append(train_step(parts, batches, loss_fn, cfg, rt, step))
-            step += 1
-            bar.advance(task)
-
-            at_end = step == total_steps
-            log_due = step % tc.log_every == 0 or at_end
-            sample_due = (tc.sample_every > 0 and step % tc.sample_every == 0) or at_end
-            save_due = step % tc.checkpoint_every == 0 or at_end
-            if not (log_due or sample_due or save_due or (stop.requested and rt.world_size == 1)):
-                continue
-
-            # Flush: read the losses back, stop on a non-finite one before anything is saved.
-            losses, stop_now = _gather(pending, stop.requested, rt)
-            for i, loss in enumerate(losses):
-                if not math.isfinite(loss):
-                    good = ckpt_dir / LAST
-                    kept = (f"the last good checkpoint is {good}" if good.exists()
-                            else "no checkpoint was written")
-                    raise MnistdiffError(f"loss is {loss} at step {step - len(losses) + i + 1}; "
-                                         f"stopped, {kept}. Try a lower train.lr, train.grad_clip "
-                                         f"> 0 or train.amp=off")
-            pending.clear()
-            window += losses
-            final_loss = sum(losses) / len(losses)
-            now = time.perf_counter()
-            window_time += now - tick
-            timed[0], timed[1] = timed[0] + len(losses), timed[1] + now - tick
-            if first_log_done:
-                warm[0], warm[1] = warm[0] + len(losses), warm[1] + now - tick
-            tick = now
-
-            if log_due and rt.is_main:
-                epoch = step * tc.grad_accum / len(loader)
-                loss, ips = sum(window) / len(window), len(window) * images_per_step / window_time
-                lr = parts.scheduler.get_last_lr()[0]
-                append_log(log_path, {"step": step, "epoch": round(epoch, 4), "loss": loss,
-                                      "lr": lr, "images_per_s": ips,
-                                      "elapsed_s": seconds_before + now - start})
-                bar.update(task, epoch=epoch, loss=f"{loss:.4f}", ips=f"{ips:,.0f}")
-                say(f"step {step:>7}/{total_steps}  epoch {epoch:6.2f}  loss {loss:.4f}  "
-                    f"lr {lr:.2e}  {ips:,.0f} img/s")
-            if log_due:
-                window, window_time, first_log_done = [], 0.0, True
-            if sample_due and rt.is_main:
-                pipe = Pipeline(ema or model, cfg, device=rt.device)
-                grid = pipe.sample(range(cfg.model.num_classes), n=8).images  # row c: class c
-                model.train()  # the pipeline put the network in eval mode
-                path = save_image(image_grid(grid, nrow=8, scale=2),
-                                  out_dir / "samples" / f"step-{step:06d}.png")
-                say(f"samples: {path}")
-            if (save_due or stop_now) and rt.is_main:
-                say(f"checkpoint: {save()}")
-            tick = time.perf_counter()
-            if stop_now:
-                interrupted = True
-                break
-
-    seconds = time.perf_counter() - start
-    result = TrainResult(
-        out_dir=out_dir, checkpoint=ckpt_dir / LAST if rt.is_main else None, step=step,
-        total_steps=total_steps, images_seen=step * images_per_step,
-        train_seconds=seconds_before + seconds,
-        images_per_s=images_per_step * (warm[0] / warm[1] if warm[0] else timed[0] / timed[1]),
-        peak_memory_mb=peak_memory_mb(rt.device), final_loss=final_loss, interrupted=interrupted,
-        sampling_weights="ema" if ema is not None else "raw")
+        open_run(out_dir, cfg, s.start_step, resume is not None, s.say)
+        _announce(s, resume)
+    loop = _loop(s, console, progress)
+    result = _result(s, loop)
     if rt.is_main:
-        records = read_log(log_path)
-        if records:
-            plot_loss([r["step"] for r in records], [r["loss"] for r in records],
-                      out_dir / "loss.png", f"{out_dir.name}: training loss")
-        summary = {k: str(v) if isinstance(v, Path) else v
-                   for k, v in dataclasses.asdict(result).items()}
-        summary.update(device=str(rt.device), world_size=rt.world_size, amp=amp_name(rt),
-                       compile=parts.compiled)
-        write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        close_run(out_dir, {**dataclasses.asdict(result), "device": str(rt.device),
+                            "world_size": rt.world_size, "amp": amp_name(rt),
+                            "compile": s.parts.compiled})
     return result
+
+
+def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
+           say: Callable[..., None]) -> Session:
+    """Everything a session needs, in memory only: the checkpoint to resume (checked first), the
+    data, the parts, the noise schedule, the loss (and a distillation teacher), the restored
+    training state."""
+    tc = cfg.train
+    ckpt = _resume_checkpoint(cfg, resume) if resume is not None else None
+    # Data: the whole split on the device; this rank reads its slice of every global batch.
+    loader = BatchLoader(load_dataset(cfg.data, "train"), tc.batch_size, seed=tc.seed,
+                         rank=rt.rank, world_size=rt.world_size, device=rt.device)
+    total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
+    parts = build_parts(cfg, rt, total_steps)
+    d = cfg.diffusion
+    schedule = diffusion.make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,
+                                       rt.device)
+    loss_fn, loss_note = _loss_fn(cfg, schedule, parts, rt, resuming=ckpt is not None)
+    step, seconds_before = 0, 0.0
+    if ckpt is not None:
+        restore(parts, ckpt, tc, total_steps, resume)
+        step, seconds_before = ckpt["step"], ckpt["train_seconds"]
+        if step >= total_steps:
+            raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "
+                                 f"steps; raise train.max_steps (or train.epochs) to go on")
+    return Session(cfg, rt, out_dir, say, loader, parts, loss_fn, loss_note, total_steps, step,
+                   seconds_before)
+
+
+def _resume_checkpoint(cfg: Config, resume: Path) -> dict:
+    """The checkpoint to resume from, refused (CheckpointError) before anything is built when it
+    cannot continue under ``cfg``: another architecture, a setting that cannot change, weights
+    that do not fit (compared on the meta device, so a damaged stored config never gets to
+    allocate its model). Its training state is checked by ``restore``."""
+    ckpt = load_checkpoint(resume)
+    check_same_model(ckpt, cfg, resume)
+    check_resumable(ckpt, cfg, resume)
+    check_weights_fit(cfg.model, ckpt["model"])
+    if ckpt.get("ema") is not None:
+        check_weights_fit(cfg.model, ckpt["ema"], "EMA weights")
+    return ckpt
+
+
+def _announce(s: Session, resume: Path | None) -> None:
+    """The session's one-line description (and the loss's, for a distillation)."""
+    tc, rt = s.cfg.train, s.rt
+    s.say(f"{count_parameters(s.parts.model) / 1e6:.2f}M parameters on {rt.device} "
+          f"x{rt.world_size}, amp {amp_name(rt)}, compile {'on' if s.parts.compiled else 'off'}; "
+          f"steps {s.start_step} -> {s.total_steps} of {s.images_per_step} images "
+          f"({len(s.loader)} batches per epoch)" + (f", resumed from {resume}" if resume else ""))
+    if s.loss_note is not None:
+        s.say(s.loss_note)
+
+
+def _loop(s: Session, console, progress: bool) -> Loop:
+    """Train from ``s.start_step`` to ``s.total_steps``, or until a stop request: steps, and a
+    flush whenever one is due (``Due``) or a stop is asked for (on one rank at once; under DDP at
+    the next flush, where the ranks agree)."""
+    tc, rt = s.cfg.train, s.rt
+    batches = batch_stream(s.loader, s.start_step * tc.grad_accum)
+    now = time.perf_counter()
+    loop = Loop(step=s.start_step, start=now, tick=now)
+    with StopRequest() as stop, _progress(console, progress) as bar:
+        task = bar.add_task("train", total=s.total_steps, completed=loop.step,
+                            epoch=loop.step * tc.grad_accum / len(s.loader), loss="-", ips="-")
+        while loop.step < s.total_steps:
+            loop.pending.append(train_step(s.parts, batches, s.loss_fn, s.cfg, rt, loop.step))
+            loop.step += 1
+            bar.advance(task)
+            due = Due.at(loop.step, tc, s.total_steps)
+            if not (due or (stop.requested and rt.world_size == 1)):
+                continue
+            if _flush(s, loop, due, stop.requested, lambda **fields: bar.update(task, **fields)):
+                loop.interrupted = True
+                break
+    return loop
+
+
+def _flush(s: Session, loop: Loop, due: Due, stop_requested: bool,
+           show: Callable[..., None]) -> bool:
+    """Read the losses back and stop on a non-finite one before anything is saved; then the log
+    line, the sample grid and the checkpoint that are due (a checkpoint too when stopping).
+    ``show`` updates the progress bar. Returns whether the run stops here."""
+    losses, stop_now = _gather(loop.pending, stop_requested, s.rt)
+    _check_finite(losses, loop.step, s.ckpt_dir)
+    loop.pending.clear()
+    loop.window += losses
+    loop.final_loss = sum(losses) / len(losses)
+    now = time.perf_counter()
+    loop.window_seconds += now - loop.tick
+    loop.throughput.add(len(losses), now - loop.tick, warm=loop.logged)
+    loop.tick = now
+    if due.log:
+        if s.rt.is_main:
+            _log(s, loop, now, show)
+        loop.window, loop.window_seconds, loop.logged = [], 0.0, True
+    if due.sample and s.rt.is_main:
+        _sample_grid(s, loop.step)
+    if (due.save or stop_now) and s.rt.is_main:
+        train_seconds = s.seconds_before + time.perf_counter() - loop.start
+        state = _checkpoint_state(s.cfg, s.parts, loop.step, len(s.loader), train_seconds)
+        s.say(f"checkpoint: {save_run_checkpoint(s.ckpt_dir, state, s.cfg.train.keep_last)}")
+    loop.tick = time.perf_counter()
+    return stop_now
+
+
+def _check_finite(losses: list[float], step: int, ckpt_dir: Path) -> None:
+    """MnistdiffError naming the first step (of the ``len(losses)`` up to ``step``) whose loss
+    is not finite, and the last good checkpoint."""
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            good = ckpt_dir / LAST
+            kept = (f"the last good checkpoint is {good}" if good.exists()
+                    else "no checkpoint was written")
+            raise MnistdiffError(f"loss is {loss} at step {step - len(losses) + i + 1}; "
+                                 f"stopped, {kept}. Try a lower train.lr, train.grad_clip "
+                                 f"> 0 or train.amp=off")
+
+
+def _log(s: Session, loop: Loop, now: float, show: Callable[..., None]) -> None:
+    """One log.jsonl record, progress bar update and console line for the window just ended."""
+    epoch = loop.step * s.cfg.train.grad_accum / len(s.loader)
+    loss = sum(loop.window) / len(loop.window)
+    ips = len(loop.window) * s.images_per_step / loop.window_seconds
+    lr = s.parts.scheduler.get_last_lr()[0]
+    append_log(s.out_dir / LOG, {"step": loop.step, "epoch": round(epoch, 4), "loss": loss,
+                                 "lr": lr, "images_per_s": ips,
+                                 "elapsed_s": s.seconds_before + now - loop.start})
+    show(epoch=epoch, loss=f"{loss:.4f}", ips=f"{ips:,.0f}")
+    s.say(f"step {loop.step:>7}/{s.total_steps}  epoch {epoch:6.2f}  loss {loss:.4f}  "
+          f"lr {lr:.2e}  {ips:,.0f} img/s")
+
+
+def _sample_grid(s: Session, step: int) -> None:
+    """samples/step-NNNNNN.png: 8 samples of each class from the EMA (else the raw) weights."""
+    model = s.parts.model
+    pipe = Pipeline(s.parts.ema or model, s.cfg, device=s.rt.device)
+    grid = pipe.sample(range(s.cfg.model.num_classes), n=8).images  # (classes * 8, 28, 28)
+    model.train()  # the pipeline put the network in eval mode
+    path = save_image(image_grid(grid, nrow=8, scale=2),
+                      s.out_dir / "samples" / f"step-{step:06d}.png")  # row c: class c
+    s.say(f"samples: {path}")
+
+
+def _checkpoint_state(cfg: Config, parts: Parts, step: int, batches_per_epoch: int,
+                      train_seconds: float) -> dict:
+    """The checkpoint after ``step`` optimizer steps: weights, EMA, optimizer, LR schedule, loss
+    scaler, every RNG and the position in the data, i.e. all ``--resume`` needs to go on
+    bit-exactly."""
+    tc = cfg.train
+    epoch, batch = divmod(step * tc.grad_accum, batches_per_epoch)
+    return make_state(
+        config_to_dict(cfg), parts.model.state_dict(),
+        ema=parts.ema.state_dict() if parts.ema is not None else None,
+        optimizer=parts.optimizer.state_dict(), scheduler=parts.scheduler.state_dict(),
+        scaler=parts.scaler.state_dict() if parts.scaler.is_enabled() else None,
+        rng=rng_state(), step=step, epoch=epoch, batch=batch, train_seconds=train_seconds,
+        images_seen=step * tc.batch_size * tc.grad_accum)
+
+
+def _result(s: Session, loop: Loop) -> TrainResult:
+    seconds = time.perf_counter() - loop.start
+    return TrainResult(
+        out_dir=s.out_dir, checkpoint=s.ckpt_dir / LAST if s.rt.is_main else None,
+        step=loop.step, total_steps=s.total_steps, images_seen=loop.step * s.images_per_step,
+        train_seconds=s.seconds_before + seconds,
+        images_per_s=loop.throughput.images_per_s(s.images_per_step),
+        peak_memory_mb=peak_memory_mb(s.rt.device), final_loss=loop.final_loss,
+        interrupted=loop.interrupted, sampling_weights="ema" if s.parts.ema is not None else "raw")

@@ -1,4 +1,5 @@
-"""Checkpoint files: atomic writes, safe loading, finding runs, rebuilding the model."""
+"""Checkpoint files: the format, atomic writes, safe and bounded loading, finding runs,
+rebuilding the model."""
 
 import os
 import random
@@ -7,7 +8,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 
+from mnistdiff import __version__
 from mnistdiff import checkpoint as ck
 from mnistdiff import files
 from mnistdiff.config import Config, config_to_dict, load_config
@@ -181,3 +184,131 @@ def test_a_checkpoint_from_before_ema_rampup_keeps_its_fixed_ema(tiny_checkpoint
     assert cfg.train.ema_rampup == 0.0
     _, cfg = ck.model_from_checkpoint(ck.load_checkpoint(tiny_checkpoint))
     assert cfg.train.ema_rampup == ck.load_checkpoint(tiny_checkpoint)["config"]["train"]["ema_rampup"]
+
+
+def test_make_state_builds_the_documented_dict(tiny_checkpoint, tmp_path):
+    """Training writes what make_state builds: the same fields, in the same order."""
+    state = ck.make_state(config_to_dict(Config()), {"w": torch.zeros(2)}, step=3, epoch=1,
+                          batch=2, train_seconds=1.5, images_seen=48)
+    assert list(state) == ["format", "format_version", "version", "created", "config", "step",
+                           "epoch", "batch", "model", "ema", "optimizer", "scheduler", "scaler",
+                           "rng", "train_seconds", "images_seen"]
+    assert (state["format"], state["format_version"]) == (ck.FORMAT, ck.FORMAT_VERSION)
+    assert state["version"] == __version__ and "T" in state["created"]
+    assert state["ema"] is state["optimizer"] is state["rng"] is None
+    path = ck.save_checkpoint(tmp_path / "made.pt", state)
+    assert ck.load_checkpoint(path)["images_seen"] == 48  # a valid checkpoint as it is
+    trained = torch.load(tiny_checkpoint, weights_only=True)
+    assert list(trained) == list(state)
+    assert ck.make_state({}, {}, version="0.1", created="2020-01-01")["created"] == "2020-01-01"
+
+
+# --------------------------------------------------------------------------------- bounded loads
+
+def deflated_bomb(path, inflated: int):
+    """A small file in torch's zip format whose one tensor inflates to ``inflated`` bytes of
+    zeros: torch.save's archive of a 65,536-float tensor, re-zipped with its data record
+    deflated and grown (the pickle's storage size and shape patched to match). Nothing of that
+    size is ever held in memory here."""
+    import io
+    import struct
+    import zipfile
+
+    n0, buffer = 65536, io.BytesIO()
+    torch.save({**small_state(1), "model": {"w": torch.zeros(n0)}}, buffer)
+    old, new = b"J" + struct.pack("<i", n0), b"J" + struct.pack("<i", inflated // 4)
+    source, chunk = zipfile.ZipFile(buffer), bytes(2**24)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data/0"):
+                with archive.open(info.filename, "w", force_zip64=True) as f:
+                    for _ in range(inflated // len(chunk)):
+                        f.write(chunk)
+                continue
+            if info.filename.endswith("/data.pkl"):
+                assert data.count(old) == 2  # the storage's size and the tensor's shape
+                data = data.replace(old, new)
+            archive.writestr(info.filename, data)
+    return path
+
+
+# Runs in a child process whose address space is capped a little above what it uses once torch
+# is imported, so that a load that inflates a file or builds a network beyond its weights fails
+# there (a MemoryError / allocation error, a non-zero exit) instead of taking the machine down.
+CAPPED = """
+import resource, sys
+from mnistdiff import checkpoint as ck
+from mnistdiff.errors import CheckpointError
+from mnistdiff.run import prepare_run
+from mnistdiff.training import train
+
+size = next(int(line.split()[1]) for line in open("/proc/self/status")
+            if line.startswith("VmSize:")) * 1024
+limit = size + 768 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+good, *bad = sys.argv[1:]
+ck.model_from_checkpoint(ck.load_checkpoint(good))  # a normal load fits under the cap
+print("normal load: ok")
+for path in bad:
+    try:
+        ck.model_from_checkpoint(ck.load_checkpoint(path))
+        print("loaded", path)
+    except CheckpointError as e:
+        print("refused:", e)
+cfg, out, path = prepare_run(None, ["train.max_steps=30"], None, bad[-1])
+try:
+    train(cfg, out, resume=path, device="cpu", progress=False)
+except CheckpointError as e:
+    print("resume refused:", e)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_loading_is_bounded_under_a_memory_cap(tiny_checkpoint, tmp_path):
+    """A 4.5 MB file holding a deflated 1 GiB tensor (summarize reached 2.65 GB on a 2 GiB one)
+    and a checkpoint whose stored config asks for an enormous network around small weights
+    (sample allocated 20 GB) are refused, in one line, before anything is allocated."""
+    import shutil
+    import subprocess
+    import sys
+
+    bomb = deflated_bomb(tmp_path / "bomb.pt", 2**30)
+    assert bomb.stat().st_size < 8 * 2**20
+    run_dir = shutil.copytree(tiny_checkpoint.parent.parent, tmp_path / "run")
+    huge = ck.load_checkpoint(tiny_checkpoint)
+    huge["config"]["model"]["channels"] = [4096, 8192]  # ~10^9 parameters, 4 GB of float32
+    ck.save_checkpoint(run_dir / "checkpoints" / "last.pt", huge)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", CAPPED, str(tiny_checkpoint), str(bomb),
+                           str(run_dir / "checkpoints" / "last.pt")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "normal load: ok"
+    assert lines[1].startswith(f"refused: {bomb}: refusing to load, its records inflate to "
+                               f"1,024 MiB from 4.5 MiB on disk"), lines
+    assert "the checkpoint's weight" in lines[2] and "has shape" in lines[2], lines
+    assert lines[3].startswith("resume refused: the checkpoint's weight"), lines
+    assert not (run_dir / "config.yaml").read_text().count("4096")  # the folder was not touched
+
+
+def test_checkpoints_larger_than_the_cap_or_the_memory_are_refused(tiny_checkpoint,
+                                                                   monkeypatch):
+    assert ck.load_checkpoint(tiny_checkpoint)["step"] == 20
+    monkeypatch.setattr(ck, "_available_memory", lambda: 10_000)
+    with pytest.raises(CheckpointError, match=r"refusing to load, .*\(0 MiB of memory is "
+                                              r"available\)"):
+        ck.load_checkpoint(tiny_checkpoint)
+    monkeypatch.setattr(ck, "MAX_BYTES", 2**19)
+    with pytest.raises(CheckpointError, match=r"inflate to 1 MiB from 0.6 MiB on disk \(more "
+                                              r"than the 0.5 MiB a checkpoint of a 28x28 model"):
+        ck.load_checkpoint(tiny_checkpoint)
+
+
+def test_the_meta_check_builds_nothing_and_draws_no_random_numbers(tiny_checkpoint):
+    ckpt = ck.load_checkpoint(tiny_checkpoint)
+    cfg = ck.config_from_dict(ckpt["config"])
+    state = torch.get_rng_state()
+    ck.check_weights_fit(cfg.model, ckpt["model"])
+    assert torch.equal(state, torch.get_rng_state())  # sampling and resuming stay reproducible

@@ -1,5 +1,6 @@
-"""The training loop on tiny configs on the CPU: learning, exact resume, signals, non-finite
-losses, DDP with two gloo processes, and the pieces (LR schedule, EMA) in closed form."""
+"""The training loop on tiny configs on the CPU: learning, exact resume, signals (SIGINT, SIGHUP),
+non-finite losses, damaged training states on resume, DDP with two gloo processes, and the
+pieces (LR schedule, EMA) in closed form."""
 
 import dataclasses
 import json
@@ -22,6 +23,7 @@ from mnistdiff.cli import app
 from mnistdiff.config import TrainConfig, load_config
 from mnistdiff.data import BatchLoader, load_dataset
 from mnistdiff.errors import MnistdiffError
+from mnistdiff.run import run_lock
 from mnistdiff.unet import ConditionalUNet
 
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -269,7 +271,7 @@ def test_resume_refuses_settings_that_cannot_change(tiny_checkpoint, synthetic_d
 
 def test_a_second_trainer_of_the_same_run_is_refused(synthetic_dir, tmp_path):
     run_dir = tmp_path / "r"
-    with training.run_lock(run_dir):  # as if another process were training it
+    with run_lock(run_dir):  # as if another process were training it
         with pytest.raises(MnistdiffError, match=f"being trained by another process "
                                                  f"\\(pid {os.getpid()}\\)"):
             run(tiny_config(synthetic_dir, "train.max_steps=2"), run_dir)
@@ -351,3 +353,154 @@ def test_patch_size_2_trains_resumes_and_samples(synthetic_dir, tmp_path, monkey
                               "2", "-o", "p.png"])
     assert out.exit_code == 0, out.output
     assert Image.open("p.png").size[0] > 28
+
+
+# --------------------------------------------------------------------------------- damaged resume
+
+def _first_moment(c: dict) -> dict:
+    return next(iter(c["optimizer"]["state"].values()))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c.pop("rng"), r"'rng' is NoneType, expected the RNG states"),
+    (lambda c: c.update(rng=[1, 2]), r"'rng' is list"),
+    (lambda c: c["rng"].update(torch=torch.zeros(3, dtype=torch.uint8)), r"'rng.torch' is not"),
+    (lambda c: c["rng"].pop("torch"), r"'rng.torch' is not"),
+    (lambda c: c["rng"].update(numpy=[[1, 2], 0, 0, 0.0]), r"'rng.numpy' is not"),
+    (lambda c: c["rng"]["python"].__setitem__(1, [0] * 10), r"'rng.python' is not"),
+    (lambda c: c["rng"].update(cuda="x"), r"'rng.cuda' is not"),
+    (lambda c: c.update(optimizer=[1]), r"'optimizer' is not an optimizer state"),
+    (lambda c: c["optimizer"].pop("param_groups"), r"'optimizer' is not an optimizer state"),
+    (lambda c: c["optimizer"]["param_groups"].pop(), r"'optimizer' has 1 parameter groups, "
+                                                     r"the model's optimizer 2"),
+    (lambda c: c["optimizer"]["param_groups"][0]["params"].pop(), r"'optimizer' group 0 holds"),
+    (lambda c: c["optimizer"]["param_groups"][0].update(betas="x"), r"group 0 has betas='x'"),
+    (lambda c: c["optimizer"]["param_groups"][1].pop("lr"), r"group 1 has lr=None"),
+    (lambda c: _first_moment(c).update(exp_avg=torch.zeros(3)), r"'optimizer' state 'exp_avg' "
+                                                                r"of parameter 0 is a tensor of "
+                                                                r"shape \(3,\)"),
+    (lambda c: c["optimizer"]["state"].update({999: {}}), r"state 999 for no parameter"),
+    (lambda c: c.update(scheduler=3), r"'scheduler' is not an LR scheduler state"),
+    (lambda c: c["scheduler"].pop("lr_lambdas"), r"'scheduler' is not"),
+    (lambda c: c["scheduler"].update(last_epoch="ten"), r"'scheduler' is not"),
+    (lambda c: c.update(scaler={"scale": 2.0}), r"'scaler' is not a loss scaler state"),
+    (lambda c: c.update(scaler="x"), r"'scaler' is not"),
+    (lambda c: c.pop("train_seconds"), r"'train_seconds' is None"),
+    (lambda c: c.update(optimizer=None, scheduler=None, rng=None), r"holds weights only"),
+], ids=["no-rng", "rng-list", "rng-torch-short", "rng-torch-missing", "rng-numpy", "rng-python",
+        "rng-cuda", "optimizer-list", "optimizer-no-groups", "optimizer-one-group",
+        "optimizer-group-size", "optimizer-betas", "optimizer-no-lr", "optimizer-moment-shape",
+        "optimizer-stray-state", "scheduler-int", "scheduler-no-lambdas", "scheduler-epoch-str",
+        "scaler-keys", "scaler-str", "no-train-seconds", "weights-only"])
+def test_resuming_a_damaged_training_state_is_one_line_and_writes_nothing(
+        tiny_checkpoint, tmp_path, change, message):
+    """Each of these was a KeyError / ValueError / AttributeError traceback, some only at the
+    first step, after config.yaml and the log had been rewritten."""
+    import shutil
+
+    from mnistdiff.checkpoint import prepare_run, save_checkpoint
+    from mnistdiff.errors import CheckpointError
+
+    run_dir = shutil.copytree(tiny_checkpoint.parent.parent, tmp_path / "run")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    change(ckpt)
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    cfg, out, path = prepare_run(None, ["train.max_steps=30"], None, str(run_dir))
+    with pytest.raises(CheckpointError, match=message) as e:
+        run(cfg, out, resume=path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_what_torch_rejects_beyond_the_checks_is_one_line_too():
+    from mnistdiff.checkpoint import restoring
+    from mnistdiff.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"^x.pt: damaged checkpoint \('scaler' cannot be "
+                                              r"restored: 'growth_factor'\)$"):
+        with restoring("scaler", "x.pt"):
+            torch.amp.GradScaler("cpu", enabled=True).load_state_dict({"scale": 2.0})
+
+
+# --------------------------------------------------------------------------------- SIGHUP
+
+def test_sighup_stops_a_training_process_cleanly_and_it_resumes(synthetic_dir, tmp_path,
+                                                                monkeypatch):
+    """A closed terminal sends SIGHUP: the run finishes its step, checkpoints and exits 0."""
+    import time
+
+    run_dir = tmp_path / "r"
+    sets = [*synthetic_overrides(synthetic_dir), "train.max_steps=100000", "sample.steps=2",
+            "train.log_every=2", "train.checkpoint_every=100000"]
+    cmd = [sys.executable, "-m", "mnistdiff", "train", "-c", str(TINY), "--out", str(run_dir),
+           "--device", "cpu", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # As in a terminal: not ignoring SIGHUP, even when the test runner itself runs under nohup.
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env, preexec_fn=lambda: signal.signal(signal.SIGHUP,
+                                                                       signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "log.jsonl").is_file() or not (run_dir / "log.jsonl").read_text():
+            assert child.poll() is None, child.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGHUP)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, stderr[-2000:]
+    assert "stopped at step" in stdout and "Traceback" not in stderr
+    step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    assert 2 <= step < 100000
+    assert json.loads((run_dir / "summary.json").read_text())["interrupted"] is True
+
+    monkeypatch.chdir(tmp_path)
+    more = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--set",
+                                    f"train.max_steps={step + 2}", "--device", "cpu",
+                                    "--no-progress"])
+    assert more.exit_code == 0, more.output
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == step + 2
+
+
+def test_sighup_is_left_alone_under_nohup():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does
+    try:
+        with training.StopRequest() as stop:
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)
+            assert not stop.requested
+        caught = []
+
+        def terminal(signum, frame):  # stands in for the default action (which would end pytest)
+            caught.append(signum)
+
+        signal.signal(signal.SIGHUP, terminal)
+        with training.StopRequest() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop.requested and not caught
+        assert signal.getsignal(signal.SIGHUP) is terminal  # restored
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_restore_loads_an_fp16_loss_scaler(synthetic_dir):
+    """The fp16 path (CUDA only in training), with a CPU GradScaler standing in."""
+    cfg = tiny_config(synthetic_dir)
+    rt = training.Runtime(torch.device("cpu"), None)
+
+    def parts_with_scaler(scale: float) -> training.Parts:
+        parts = training.build_parts(cfg, rt, total_steps=20)
+        parts.scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=True)
+        return parts
+
+    saved = parts_with_scaler(1024.0)
+    ckpt = training._checkpoint_state(cfg, saved, step=0, batches_per_epoch=12,
+                                      train_seconds=0.0)
+    assert ckpt["scaler"]["scale"] == 1024.0
+    fresh = parts_with_scaler(65536.0)
+    training.restore(fresh, ckpt, cfg.train, 20)
+    assert fresh.scaler.state_dict() == saved.scaler.state_dict()
