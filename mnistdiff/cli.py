@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,13 +32,36 @@ data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 
-out = Console(soft_wrap=True, highlight=False)  # no line wrapping: piped output stays whole
-err = Console(stderr=True, soft_wrap=True, highlight=False)
+# No line wrapping: output piped to a file or a program stays whole (tables get a wide page).
+def _quiet_help_option() -> None:
+    """--help is a flag: give it no value label (Typer shows it as '<bool>')."""
+    try:
+        from typer._click.core import Command
+    except ImportError:  # another Typer layout: its help keeps the label
+        return
+    get = Command.get_help_option
+
+    def help_option(self, ctx):
+        option = get(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    Command.get_help_option = help_option
+
+
+_quiet_help_option()
+out = Console(soft_wrap=True, highlight=False, width=None if os.isatty(1) else 200)
+err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if os.isatty(2) else 200)
 _state = {"debug": False}
 
 
 def _opt(*names: str, help: str, **kw) -> typer.models.OptionInfo:
     return typer.Option(*names, help=help, show_default=kw.pop("show_default", False), **kw)
+
+
+def _flag(*names: str, help: str, **kw) -> typer.models.OptionInfo:
+    """An on/off option: no value, so no type label in --help."""
+    return _opt(*names, help=help, metavar="", **kw)
 
 
 # Options, declared once (the `hf` CLI's aliases).
@@ -49,7 +73,7 @@ DataDir = Annotated[Optional[Path], _opt("--data-dir", help="Folder of IDX files
                                          "data.root).")]
 Dataset = Annotated[Optional[str], _opt("--dataset", help="mnist or fashion-mnist (sets "
                                         "data.dataset).")]
-Json = Annotated[bool, _opt("--json", help="Print JSON instead of a table.")]
+Json = Annotated[bool, _flag("--json", help="Print JSON instead of a table.")]
 Checkpoint = Annotated[Optional[str], _opt(
     "--checkpoint", "-k", metavar="NAME|PATH", help="A bundled model (mnist, mnist-small, "
     "mnist-fast, fashion-mnist), a checkpoint file, a run folder or 'latest' (default: the "
@@ -59,15 +83,15 @@ Device = Annotated[str, _opt("--device", help="auto (CUDA when available), cpu, 
 Threads = Annotated[Optional[int], _opt("--threads", metavar="N", help="CPU threads for torch "
                                         "(default: torch's, one per core); on a busy machine 1 "
                                         "is often faster.")]
-Ema = Annotated[bool, _opt("--ema/--no-ema", help="Use the EMA weights when the checkpoint has "
+Ema = Annotated[bool, _flag("--ema/--no-ema", help="Use the EMA weights when the checkpoint has "
                            "them (default: yes).")]
-Progress = Annotated[bool, _opt("--progress/--no-progress", help="Show a progress bar (default: "
+Progress = Annotated[bool, _flag("--progress/--no-progress", help="Show a progress bar (default: "
                                 "yes).")]
 Digit = Annotated[Optional[int], _opt("--digit", help="One class (0-9: a digit, or a clothing "
                                       "item for fashion-mnist).")]
 Digits = Annotated[Optional[str], _opt("--digits", metavar="0,3,7", help="Comma-separated "
                                        "classes.")]
-All = Annotated[bool, _opt("--all", help="Every class (the default).")]
+All = Annotated[bool, _flag("--all", help="Every class (the default).")]
 Sampler = Annotated[Optional[str], _opt("--sampler", help="ddpm, ddim or dpmpp (default: the "
                                         "model's).")]
 Steps = Annotated[Optional[int], _opt("--steps", help="Sampling steps, i.e. network evaluations "
@@ -106,9 +130,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, _opt("--version", callback=_version, is_eager=True,
+def _root(version: Annotated[bool, _flag("--version", callback=_version, is_eager=True,
                                         help="Print the version and exit.")] = False,
-          debug: Annotated[bool, _opt("--debug", help="Show tracebacks for errors.")] = False
+          debug: Annotated[bool, _flag("--debug", help="Show tracebacks for errors.")] = False
           ) -> None:
     _state["debug"] = debug
 
@@ -276,7 +300,8 @@ def _report_training(result, run_dir: Path, command: str) -> None:
 @app.command()
 def sample(
     checkpoint: Checkpoint = None, digit: Digit = None, digits: Digits = None, all_: All = False,
-    n: Annotated[int, _opt("--n", help="Images per class (--all: 10 n images in total).",
+    n: Annotated[int, _opt("--n", help="Images per digit, or per class (--all: 10 n images in "
+                           "total).",
                            show_default=True)] = 16,
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None, eta: Eta = None,
     seed: Seed = None, guidance_interval: Interval = None, spacing: Spacing = None,
@@ -304,7 +329,7 @@ def sample(
     job = jobs.SampleJob.from_values(
         classes=jobs.parse_classes(digit, digits, all_), n=n, out=out_path, npz=npz,
         individual=individual, scale=scale, batch_size=batch_size, init_image=init_image,
-        mask=mask, resample=resample,
+        mask=mask, resample=resample, checkpoint=checkpoint,
         **_settings(sampler, steps, guidance, eta, seed, guidance_interval, spacing))
     _open(job, checkpoint, device, ema, threads)
     with _step_progress(job.total * job.s.steps) as advance:
@@ -347,7 +372,7 @@ def animate(
     """Animate the reverse process, from pure noise to digits side by side."""
     job = jobs.AnimateJob.from_values(
         classes=jobs.parse_classes(digit, digits, all_), out=out_path, strip=strip, frames=frames,
-        fps=fps, hold=hold, scale=scale,
+        fps=fps, hold=hold, scale=scale, checkpoint=checkpoint,
         **_settings(sampler, steps, guidance, eta, seed, guidance_interval, spacing))
     _report(_open(job, checkpoint, device, ema, threads).run())
 
@@ -407,10 +432,10 @@ def evaluate(
     out_path: Annotated[Optional[Path], _opt("--out", "-o", help="JSON report to write "
                                              "(default: report.json, or for a run its "
                                              "reports/ folder).")] = None,
-    floor: Annotated[bool, _opt("--floor/--no-floor", help="Also score n real training images "
+    floor: Annotated[bool, _flag("--floor/--no-floor", help="Also score n real training images "
                                 "(the best a generator can hope for; default: yes).")] = True,
     batch_size: BatchSize = None,
-    cas: Annotated[bool, _opt("--cas", help="Also the Classification Accuracy Score: train the "
+    cas: Annotated[bool, _flag("--cas", help="Also the Classification Accuracy Score: train the "
                               "reference classifier on the samples, test it on real test images, "
                               "next to the same classifier trained on as many real ones.")] = False,
     cas_epochs: Annotated[int, _opt("--cas-epochs", help="Training epochs of each --cas "
@@ -478,13 +503,13 @@ def ui(
     host: Annotated[str, _opt("--host", help="Address to serve on; loopback keeps the page on "
                               "this machine.", show_default=True)] = "127.0.0.1",
     port: Annotated[int, _opt("--port", help="Port (0: a free one).", show_default=True)] = 0,
-    browser: Annotated[bool, _opt("--browser/--no-browser", help="Open the page in the default "
+    browser: Annotated[bool, _flag("--browser/--no-browser", help="Open the page in the default "
                                   "web browser (default: yes).")] = True,
     runs_dir: Annotated[Path, _opt("--runs-dir", help="Folder of runs to offer.",
                                    show_default=True)] = Path("runs"),
     models_dir: Annotated[Optional[Path], typer.Option("--models-dir", hidden=True)] = None,
     device: Device = "auto", threads: Threads = None,
-    verbose: Annotated[bool, _opt("--verbose", help="Log every request.")] = False,
+    verbose: Annotated[bool, _flag("--verbose", help="Log every request.")] = False,
 ) -> None:
     """A local web page: make digits and watch them denoise, complete a drawing, morph between
     seeds or digits, read the model card. Offline; Ctrl-C stops it."""

@@ -224,6 +224,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= MAX_EXCERPT else text[:MAX_EXCERPT - 3] + "..."
 
 
+excerpt = _short  # for every module's messages: a bad value is shown, never printed whole
+
+
 def _clip(text: str) -> str:
     """A string cut to MAX_EXCERPT characters (for keys and paths quoted in messages)."""
     return text if len(text) <= MAX_EXCERPT else text[:MAX_EXCERPT - 3] + "..."

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -262,8 +261,7 @@ class StudentLoss:
 
 
 def task(cfg: Config, schedule: Schedule, device: torch.device):
-    """What ``training`` runs for a distillation: (loader, loss, a function loading the teacher's
-    weights, one line for the log)."""
+    """What ``training`` runs for a distillation: (loader, loss, one line for the log)."""
     loader = TrajectoryLoader(TrajectoryCache(cfg.distill, schedule, cfg.distill.teacher_sha256,
                                               cfg.model.num_classes),
                               cfg.train.batch_size, cfg.train.seed, cfg.sample.steps, device)
@@ -283,10 +281,10 @@ RECIPE = {
 FROM_TEACHER = ("model", "diffusion")  # sections the student must share with its teacher
 
 
-def load_teacher(dc: DistillConfig, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The teacher's network (its EMA weights, frozen, on ``device``) and its info
-    (``models.read``); a CheckpointError when it cannot be found or read, a MnistdiffError when
-    its file changed since the run started (``teacher_sha256``)."""
+def load_teacher(dc: DistillConfig, device: torch.device | str = "cpu"):
+    """The teacher (``models.Loaded``: its EMA weights, frozen, on ``device``, and its config);
+    a CheckpointError when it cannot be found or read, a MnistdiffError when its file changed
+    since the run started (``teacher_sha256``)."""
     from .models import read
 
     teacher = read(dc.teacher)
@@ -295,7 +293,8 @@ def load_teacher(dc: DistillConfig, device: torch.device | str = "cpu") -> tuple
                              f"this distillation started (SHA-256 {teacher.info['sha256'][:12]}"
                              f"..., the run recorded {dc.teacher_sha256[:12]}...); resume with "
                              f"the same teacher or start a new run")
-    return teacher.model.to(device).eval().requires_grad_(False), teacher.info
+    teacher.model = teacher.model.to(device).eval().requires_grad_(False)
+    return teacher
 
 
 def student_config(teacher: str, overrides: dict | None = None, *, steps: int = 2) -> Config:
@@ -385,5 +384,3 @@ def describe(cfg: Config) -> str:
             f"{dc.teacher_spacing} DPM-Solver++ steps, {dc.trajectories:,} trajectories) into "
             f"{cfg.sample.steps} DDIM step{'s' if cfg.sample.steps > 1 else ''}")
 
-
-_ = math  # (kept for the maths helpers' callers)

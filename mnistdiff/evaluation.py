@@ -47,7 +47,7 @@ REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results
 
 def classifiers() -> Manifest:
     """The bundled classifiers and test-set statistics, pinned in ``assets/manifest.json``."""
-    return Manifest(ASSETS, "bundled classifiers")
+    return Manifest(ASSETS, "bundled classifiers", required=True)
 
 
 def classifier_info(dataset: str = "mnist") -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .config import bounds
+from .config import bounds, excerpt
 from .errors import MnistdiffError
 from .files import check_animation_path, check_outputs, check_readable, check_space
 
@@ -52,8 +52,8 @@ def whole(name: str, value: Any, limit: str | tuple[float, float], hint: str = "
     lo, hi = LIMITS[limit] if isinstance(limit, str) else limit
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or not lo <= value <= hi:
-        raise MnistdiffError(f"{name}: got {str(value)[:40]}, must be an integer between "
-                             f"{lo:g} and {hi:g}{hint}")
+        raise MnistdiffError(f"{name}: got {excerpt(value)}, must be an integer between "
+                             f"{int(lo):,} and {int(hi):,}{hint}")
     return int(value)
 
 
@@ -62,7 +62,7 @@ def real(name: str, value: Any, limit: str | tuple[float, float], unit: str = ""
     lo, hi = LIMITS[limit] if isinstance(limit, str) else limit
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not lo <= value <= hi:
-        raise MnistdiffError(f"{name}: got {str(value)[:40]}, must be between {lo:g} and "
+        raise MnistdiffError(f"{name}: got {excerpt(value)}, must be between {lo:g} and "
                              f"{hi:g}{unit}")
     return float(value)
 
@@ -82,7 +82,7 @@ def parse_classes(digit: Optional[int] = None, digits: Optional[str] = None,
             return [int(d) for d in str(digits).replace(" ", "").split(",")]
         except ValueError:
             raise MnistdiffError(f"--digits: expected comma-separated integers like 0,3,7, "
-                                 f"got '{str(digits)[:40]}'") from None
+                                 f"got {excerpt(digits)}") from None
     return None
 
 
@@ -96,7 +96,7 @@ def parse_interval(text: Optional[str]) -> Optional[tuple[float, ...]]:
         values = ()
     if len(values) != 2:
         raise MnistdiffError(f"--guidance-interval: expected two comma-separated numbers LO,HI "
-                             f"like 0.1,0.8, got '{str(text)[:40]}'")
+                             f"like 0.1,0.8, got {excerpt(text)}")
     return values
 
 
@@ -110,29 +110,40 @@ def parse_sweep(guidance: Optional[float], sweep: Optional[str]) -> Optional[lis
         return [float(w) for w in str(sweep).split(",")]
     except ValueError:
         raise MnistdiffError(f"--guidance-sweep: expected comma-separated numbers like 0,1,2,3, "
-                             f"got '{str(sweep)[:40]}'") from None
+                             f"got {excerpt(sweep)}") from None
 
 
 def check_settings(values: dict) -> dict:
     """The sampling settings asked for (None = the model's default), their ranges checked
-    before the model is loaded (``config.bounds``); Pipeline.settings checks them all again
-    with the model (steps <= T, the sampler and spacing names)."""
+    before the model is loaded (``config.bounds``, the same messages as Pipeline.settings,
+    which checks them all again with the model: steps <= T, the sampler and spacing names)."""
     unknown = set(values) - set(SETTING_NAMES)
     if unknown:
         raise TypeError(f"not a sampling setting: {sorted(unknown)[0]}")
-    checks = {"guidance": ("--guidance", real), "eta": ("--eta", real),
-              "seed": ("--seed", whole), "steps": ("--steps", whole)}
-    for key, (name, check) in checks.items():
-        if values.get(key) is not None:
-            lo, hi = bounds(f"sample.{key}")
-            check(name, values[key], (lo, hi if hi is not None else 10_000))
+    for key, check in (("guidance", real), ("eta", real), ("seed", whole)):
+        if values.get(key) is not None:  # (steps needs the model's T: Pipeline.settings)
+            check(key, values[key], bounds(f"sample.{key}"))
     if values.get("guidance_interval") is not None and not isinstance(
             values["guidance_interval"], (tuple, list)):
         raise MnistdiffError("--guidance-interval: expected two numbers LO,HI")
     for key in ("sampler", "spacing"):
         if values.get(key) is not None and not isinstance(values[key], str):
-            raise MnistdiffError(f"{key}: expected a name, got {str(values[key])[:40]}")
+            raise MnistdiffError(f"{key}: expected a name, got {excerpt(values[key])}")
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _file(checkpoint: Optional[str]) -> dict:
+    """The file of a --checkpoint that is a path (a file, or a run folder's last.pt), as an
+    input the outputs must not overwrite; checked again with the resolved model by ``bind``."""
+    from .run import CHECKPOINTS, LAST
+
+    if not checkpoint:
+        return {}
+    path = Path(checkpoint).expanduser()
+    for candidate in (path, path / CHECKPOINTS / LAST, path / LAST):
+        if candidate.is_file():
+            return {"checkpoint": candidate}
+    return {}
 
 
 @dataclass
@@ -146,8 +157,9 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def _command(pipe, head: str, settings, tail: str = "") -> str:
-    return " ".join(part for part in (f"mnistdiff {head} --checkpoint {pipe.name}",
+def _command(pipe, verb: str, what: str, settings, tail: str = "") -> str:
+    """The command line: the verb, the model, what to make, the settings, the outputs."""
+    return " ".join(part for part in (f"mnistdiff {verb} --checkpoint {pipe.name}", what,
                                       settings.flags(), tail) if part)
 
 
@@ -202,7 +214,7 @@ class SampleJob:
                     individual: str | Path | None = None, scale: int = 2,
                     batch_size: Optional[int] = None, init_image: str | Path | None = None,
                     mask: str | Path | None = None, drawing: Any = None, resample: int = 1,
-                    **settings) -> SampleJob:
+                    checkpoint: Optional[str] = None, **settings) -> SampleJob:
         n = whole("--n", n, "n", " images per class")
         scale = whole("--scale", scale, "scale")
         resample = whole("--resample", resample, "resample")
@@ -216,7 +228,7 @@ class SampleJob:
         paths = {k: None if v is None else Path(v) for k, v in
                  (("out", out), ("npz", npz), ("individual", individual))}
         check_outputs({"--out": paths["out"], "--npz": paths["npz"]},
-                      {"--init-image": init_image, "--mask": mask},
+                      {"--init-image": init_image, "--mask": mask, **_file(checkpoint)},
                       suffixes={"--out": (".png",), "--npz": (".npz",)},
                       folders={"--individual": paths["individual"]})
         return cls(classes, n, check_settings(settings), paths["out"], paths["npz"],
@@ -241,7 +253,7 @@ class SampleJob:
         self.batch_size = pipe.batch_size(self.batch_size)
         if self.n > self.shown and self.npz is None and self.individual is None:
             raise MnistdiffError(f"--n {self.n}: the grid shows at most {self.shown} images per "
-                                 f"class; write more with --npz or --individual")
+                                 f"{_noun(pipe, False)}; write more with --npz or --individual")
         self._check_individual_names()
         if self.init_image is not None:
             self.drawing = _read_drawing(self.init_image, self.mask)
@@ -305,15 +317,15 @@ class SampleJob:
                                               self.scale, self.n, self.shown, self.total)
         what = _what(p, self.classes, self.n)
         if self.drawing is not None:
-            what += ", completing the drawing" + (f" (resample {self.resample})"
-                                                  if self.resample > 1 else "")
+            what += f", completing {self.init_image or 'the drawing'}" + (
+                f" (resample {self.resample})" if self.resample > 1 else "")
         summary = (f"{self.total} images ({what}) with {self.s.describe()}: {samples.nfe} NFE, "
-                   f"{samples.seconds:.1f} s" + (f"; the grid shows the first {self.shown} of each"
-                                                 if self.shown < self.n else ""))
+                   f"{samples.seconds:.1f} s" + (f"; the grid shows the first {self.shown} of each "
+                                                 f"{_noun(p, False)}" if self.shown < self.n else ""))
         return Result(written, summary, self._command(), {"samples": samples})
 
     def _command(self) -> str:
-        tail = [f"--n {self.n}", f"-o {self.out.name}"]
+        tail = [f"-o {self.out.name}"]
         if self.npz is not None:
             tail.append(f"--npz {self.npz.name}")
         if self.drawing is not None:
@@ -321,8 +333,8 @@ class SampleJob:
                         f" --mask {self.mask.name if self.mask else 'mask.png'}")
             if self.resample > 1:
                 tail.append(f"--resample {self.resample}")
-        head = f"sample {_class_flags(self.classes, len(self.pipe.classes))}"
-        return _command(self.pipe, head, self.s, " ".join(tail))
+        what = f"{_class_flags(self.classes, len(self.pipe.classes))} --n {self.n}"
+        return _command(self.pipe, "sample", what, self.s, " ".join(tail))
 
 
 def activation_bytes(config) -> int:
@@ -406,7 +418,7 @@ class AnimateJob:
     def from_values(cls, *, classes: Optional[list[int]] = None, out: str | Path = "denoise.gif",
                     strip: str | Path | None = None, frames: Optional[int] = None,
                     fps: float = 10.0, hold: float = 1.0, scale: int = 4,
-                    **settings) -> AnimateJob:
+                    checkpoint: Optional[str] = None, **settings) -> AnimateJob:
         if frames is not None:
             whole("--frames", frames, "frames")
         fps = real("--fps", fps, "fps", " frames per second")
@@ -414,7 +426,7 @@ class AnimateJob:
         scale = whole("--scale", scale, "scale")
         check_animation_path(out)
         out, strip = Path(out), None if strip is None else Path(strip)
-        check_outputs({"--out": out, "--strip": strip},
+        check_outputs({"--out": out, "--strip": strip}, _file(checkpoint),
                       suffixes={"--out": (".gif", ".mp4"), "--strip": (".png",)})
         return cls(classes, check_settings(settings), out, strip, frames, fps, hold, scale)
 
@@ -447,8 +459,9 @@ class AnimateJob:
                 written.append(save_image(frame_strip(traj.frames, scale=self.scale), self.strip))
         summary = (f"{len(traj.frames)} frames of {len(self.classes)} {_noun(self.pipe)} with "
                    f"{self.s.describe()}")
-        head = f"animate {_class_flags(self.classes, len(self.pipe.classes))}"
-        return Result(written, summary, _command(self.pipe, head, self.s, f"-o {self.out.name}"))
+        what = _class_flags(self.classes, len(self.pipe.classes))
+        return Result(written, summary, _command(self.pipe, "animate", what, self.s,
+                                                 f"-o {self.out.name}"))
 
 
 # --------------------------------------------------------------------------------- morph
@@ -548,8 +561,7 @@ class EvaluateJob:
         job = cls(n, scales, settings, None if samples is None else Path(samples), dataset,
                   None if data_dir is None else Path(data_dir), None if out is None else Path(out),
                   floor, batch_size, cas, cas_epochs, None if npz is None else Path(npz))
-        job._check_outputs({"--samples": samples, "checkpoint": checkpoint if checkpoint and
-                            Path(checkpoint).is_file() else None})
+        job._check_outputs({"--samples": samples, **_file(checkpoint)})
         return job
 
     @property
@@ -565,7 +577,6 @@ class EvaluateJob:
     def bind(self, pipe=None) -> EvaluateJob:
         """Check the settings of every scale against the model, find the data (the flag, else
         the run's stored data.root) and load the reference: before any sampling."""
-        from .config import load_config
         from .run import report_path
 
         self.pipe = pipe
@@ -582,14 +593,22 @@ class EvaluateJob:
         elif self.out is None:
             self.out = Path("report.json")
             self._check_outputs({"--samples": self.samples})
-        root = self.data_dir or (pipe.config.data.root if pipe is not None else None)
-        dataset = self.dataset or (pipe.config.data.dataset if pipe is not None else None)
-        overrides = [f"data.root={_yaml_str(root)}"] if root is not None else []
-        if dataset is not None:
-            overrides.append(f"data.dataset={dataset}")
-        self.config = load_config(None, overrides)
+        self.config = self._data_config()
         self.reference = _reference(self.config, self.floor, pipe)
         return self
+
+    def _data_config(self):
+        """Where the data is: --data-dir and --dataset win; else what the model's run stored
+        (data.root, verify, download: a run remembers its data folder); else the defaults."""
+        from .config import config_from_dict
+
+        data = {} if self.pipe is None else {
+            k: v for k, v in vars(self.pipe.config.data).items() if v is not None}
+        if self.data_dir is not None:
+            data = {**data, "root": str(self.data_dir)}
+        if self.dataset is not None:
+            data["dataset"] = self.dataset
+        return config_from_dict({"data": data})
 
     def _feature_dim(self) -> int:
         from .evaluation import classifier_info
@@ -634,12 +653,6 @@ class EvaluateJob:
                       {"rows": rows, "floor": floor, "cas": cas, "k": k})
 
 
-def _yaml_str(value) -> str:
-    import json
-
-    return json.dumps(str(value))
-
-
 def _reference(cfg, floor: bool, pipe):
     """The bundled classifier and test statistics; missing data is said before any sampling,
     with what --no-floor changes."""
@@ -679,7 +692,7 @@ def preview(cfg, out: str | Path, per_class: int, split: str = "train", scale: i
     per_class = whole("--n", per_class, (1, 100))
     scale = whole("--scale", scale, "scale")
     if split not in ("train", "test"):
-        raise MnistdiffError(f"--split: got '{str(split)[:40]}', must be train or test")
+        raise MnistdiffError(f"--split: got {excerpt(split)}, must be train or test")
     check_outputs({"--out": out}, suffixes={"--out": (".png",)})
     import torch
 

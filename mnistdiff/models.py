@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from .errors import CheckpointError
 from .files import sha256_file, write_atomic
+from .run import RUNS_DIR
 
 if TYPE_CHECKING:
     from torch import nn
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 ASSETS = Path(__file__).parent / "assets"
 MODELS_DIR = ASSETS / "models"
-RUNS_DIR = Path("runs")
 DEFAULT = "mnist"  # the model used when no --checkpoint is given and no run exists
 
 
@@ -53,13 +53,16 @@ class Manifest:
 
     FILE = "manifest.json"
 
-    def __init__(self, folder: str | Path, what: str = "bundled models"):
-        self.folder, self.what = Path(folder), what
+    def __init__(self, folder: str | Path, what: str = "bundled models", required: bool = False):
+        self.folder, self.what, self.required = Path(folder), what, required
 
     def entries(self) -> dict:
-        """name -> entry (empty when the folder has no manifest)."""
+        """name -> entry (empty when the folder has no manifest and it is not ``required``)."""
         path = self.folder / self.FILE
         if not path.is_file():
+            if self.required:
+                raise CheckpointError(f"cannot read the {self.what}' manifest {path} (it is "
+                                      f"missing); reinstall mnistdiff")
             return {}
         try:
             data = json.loads(path.read_text())

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .config import Config, bounds
+from .config import Config, bounds, excerpt
 from .data import get_spec, to_model_range, to_uint8
 from .diffusion import GuidedEps, get_objective, make_schedule
 from .errors import MnistdiffError
@@ -126,7 +126,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except (RuntimeError, TypeError, ValueError):
         dev = None
     if dev is None or dev.type not in ("cpu", "cuda", "mps") or (dev.type == "cpu" and dev.index):
-        raise MnistdiffError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda, cuda:N "
+        raise MnistdiffError(f"unknown device {excerpt(device)}; use auto, cpu, cuda, cuda:N "
                              f"or mps")
     if dev.type == "cuda" and (not torch.cuda.is_available()
                                or (dev.index or 0) >= torch.cuda.device_count()):
@@ -159,7 +159,7 @@ def integer(name: str, value: object, lo: int, hi: int | None = None, hint: str 
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise MnistdiffError(f"{name}: got {str(value)[:40]!r}, must be an integer "
+        raise MnistdiffError(f"{name}: got {excerpt(value)}, must be an integer "
                              f"{bound}{hint}")
     return int(value)
 
@@ -168,7 +168,7 @@ def number(name: str, value: object, lo: float, hi: float) -> float:
     """``value`` as a finite float in [lo, hi]; one MnistdiffError line otherwise."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not lo <= value <= hi:
-        raise MnistdiffError(f"{name}: got {str(value)[:40]!r}, must be a number between "
+        raise MnistdiffError(f"{name}: got {excerpt(value)}, must be a number between "
                              f"{lo:g} and {hi:g}")
     return float(value)
 
@@ -182,7 +182,7 @@ def _interval(value: object) -> tuple[float, float]:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise MnistdiffError(f"guidance_interval: got {str(value)[:40]!r}, must be two numbers "
+        raise MnistdiffError(f"guidance_interval: got {excerpt(value)}, must be two numbers "
                              f"lo, hi with 0 <= lo <= hi <= 1 (fractions of the noise level "
                              f"t / (T - 1))")
     return lo, hi
@@ -291,7 +291,7 @@ class Pipeline:
     def _check(self, v: dict, eta_given: bool) -> Settings:
         T = self.schedule.T
         if v["sampler"] not in SAMPLERS:
-            raise MnistdiffError(f"unknown sampler {str(v['sampler'])[:40]!r}; choose one of "
+            raise MnistdiffError(f"unknown sampler {excerpt(v['sampler'])}; choose one of "
                                  f"{', '.join(SAMPLERS)}")
         fn = SAMPLERS[v["sampler"]]
         if eta_given and "eta" not in fn.options:  # ignoring it would mislead
@@ -300,7 +300,7 @@ class Pipeline:
             raise MnistdiffError(f"eta: only the {' or '.join(users)} sampler uses it "
                                  f"({v['sampler']} {how}); drop --eta or use --sampler {users[0]}")
         if v["spacing"] not in SPACINGS:
-            raise MnistdiffError(f"unknown spacing {str(v['spacing'])[:40]!r}; choose one of "
+            raise MnistdiffError(f"unknown spacing {excerpt(v['spacing'])}; choose one of "
                                  f"{', '.join(SPACINGS)}")
         return Settings(
             v["sampler"],
@@ -539,8 +539,8 @@ class Pipeline:
         s = self.settings(settings, **values)
         deterministic = [k for k, f in SAMPLERS.items() if not f.stochastic]
         if SAMPLERS[s.sampler].stochastic or s.eta != 0:
-            raise MnistdiffError(f"morph needs a deterministic sampler: "
-                                 f"{' or '.join(deterministic)} (eta 0), not {s.sampler}"
+            raise MnistdiffError(f"morph needs a deterministic sampler ({' or '.join(deterministic)}"
+                                 f"; eta must be 0), not {s.sampler}"
                                  + (f" with eta {s.eta:g}" if s.eta else ""))
         pair_d = [digits] if isinstance(digits, numbers.Integral) else list(digits)
         pair_s = [s.seed if seeds is None else seeds] if seeds is None or \

@@ -176,3 +176,35 @@ def close_run(out_dir: Path, summary: dict) -> None:
                   out_dir / "loss.png", f"{out_dir.name}: training loss")
     summary = {k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}
     write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+# --------------------------------------------------------------------------------- reports
+
+REPORTS = "reports"
+
+
+def report_path(checkpoint: str | Path | None) -> Path:
+    """Where ``evaluate`` writes its report when no --out is given: into the run folder of a
+    run's checkpoint (``reports/report-<time>.json``, the newest shown on the page's card),
+    else ``report.json`` in the current folder."""
+    folder = run_folder(Path(checkpoint)) if checkpoint is not None else None
+    if folder is None:
+        return Path("report.json")
+    return folder / REPORTS / f"report-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def latest_report(checkpoint: str | Path) -> dict | None:
+    """The newest ``evaluate`` report in a run's folder (None when there is none or it cannot
+    be read)."""
+    folder = run_folder(Path(checkpoint))
+    if folder is None:
+        return None
+    reports = sorted((folder / REPORTS).glob("report-*.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(reports):
+        try:
+            report = json.loads(path.read_text())
+            if isinstance(report, dict) and isinstance(report.get("results"), list):
+                return report
+        except (OSError, ValueError):
+            continue
+    return None

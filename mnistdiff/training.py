@@ -267,15 +267,11 @@ def restore(parts: Parts, ckpt: dict, tc: TrainConfig, total_steps: int,
 
 # --------------------------------------------------------------------------------- loss
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (net, x0, y) -> loss
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (net, *batch) -> loss
 
 
-def make_loss(cfg: Config, schedule: diffusion.Schedule,
-              distiller: distill.Distiller | None = None) -> LossFn:
-    """What a step minimizes: the denoising loss (diffusion.training_loss), or for a
-    distillation run (cfg.distill.teacher set) the student's loss against its teacher."""
-    if distiller is not None:
-        return distiller.loss
+def make_loss(cfg: Config, schedule: diffusion.Schedule) -> LossFn:
+    """The denoising loss (diffusion.training_loss) of a batch (x0, y)."""
     d = cfg.diffusion
 
     def denoising_loss(net: nn.Module, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -286,22 +282,23 @@ def make_loss(cfg: Config, schedule: diffusion.Schedule,
     return denoising_loss
 
 
-def _loss_fn(cfg: Config, schedule: diffusion.Schedule, parts: Parts, rt: Runtime,
-             resuming: bool) -> tuple[LossFn, str | None]:
-    """What this run's steps minimize, and a line for the log saying what it is when that is not
-    the plain denoising loss. The one place training knows about distillation (see distill.py):
-    for a distillation run (cfg.distill.teacher set) the loss is the student's against its
-    teacher, and a new student starts as the teacher (its weights in the model and the EMA; a
-    resumed one has its own)."""
+def _task(cfg: Config, rt: Runtime, schedule: diffusion.Schedule):
+    """What this run's steps read and minimize: (the batch source, the loss, a line for the log
+    when it is not the plain denoising loss, the teacher of a distillation or None). The one
+    place training knows about distillation (see distill.py): there the batches are the
+    teacher's trajectories (computed by ``loader.prepare`` once the run folder is ours) and the
+    loss is the student's."""
     if not distill.is_distillation(cfg):
-        return make_loss(cfg, schedule), None
-    teacher, _ = distill.load_teacher(cfg.distill, rt.device)
-    distiller = distill.Distiller(teacher, schedule, cfg)
-    if not resuming:
-        parts.model.load_state_dict(teacher.state_dict())
-        if parts.ema is not None:
-            parts.ema.load_state_dict(teacher.state_dict())
-    return make_loss(cfg, schedule, distiller), distill.describe(cfg)
+        # Data: the whole split on the device; this rank reads its slice of every global batch.
+        loader = BatchLoader(load_dataset(cfg.data, "train"), cfg.train.batch_size,
+                             seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size,
+                             device=rt.device)
+        return loader, make_loss(cfg, schedule), None, None
+    if rt.world_size > 1:
+        raise MnistdiffError("distillation runs in one process; start it without torchrun")
+    teacher = distill.load_teacher(cfg.distill, rt.device)
+    loader, loss, note = distill.task(cfg, schedule, rt.device)
+    return loader, loss, note, teacher
 
 
 # --------------------------------------------------------------------------------- step
@@ -457,6 +454,7 @@ class Session:
     total_steps: int
     start_step: int              # optimizer steps done before this session
     seconds_before: float        # training seconds of the sessions before
+    teacher: object = None       # a distillation's teacher (models.Loaded), else None
 
     @property
     def images_per_step(self) -> int:
@@ -527,6 +525,10 @@ def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progres
         stack.enter_context(run_lock(out_dir))
         open_run(out_dir, cfg, s.start_step, resume is not None, s.say)
         _announce(s, resume)
+    if s.teacher is not None:  # the teacher's trajectories: computed once, cached
+        teacher = s.teacher
+        s.loader.prepare(lambda: Pipeline(teacher.model, teacher.config, device=rt.device),
+                         s.say)
     loop = _loop(s, console, progress)
     result = _result(s, loop)
     if rt.is_main:
@@ -543,15 +545,16 @@ def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
     training state."""
     tc = cfg.train
     ckpt = _resume_checkpoint(cfg, resume) if resume is not None else None
-    # Data: the whole split on the device; this rank reads its slice of every global batch.
-    loader = BatchLoader(load_dataset(cfg.data, "train"), tc.batch_size, seed=tc.seed,
-                         rank=rt.rank, world_size=rt.world_size, device=rt.device)
-    total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
-    parts = build_parts(cfg, rt, total_steps)
     d = cfg.diffusion
     schedule = diffusion.make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                        rt.device)
-    loss_fn, loss_note = _loss_fn(cfg, schedule, parts, rt, resuming=ckpt is not None)
+    loader, loss_fn, loss_note, teacher = _task(cfg, rt, schedule)
+    total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
+    parts = build_parts(cfg, rt, total_steps)
+    if teacher is not None and ckpt is None:  # a new student starts as its teacher
+        parts.model.load_state_dict(teacher.model.state_dict())
+        if parts.ema is not None:
+            parts.ema.load_state_dict(teacher.model.state_dict())
     step, seconds_before = 0, 0.0
     if ckpt is not None:
         restore(parts, ckpt, tc, total_steps, resume)
@@ -560,7 +563,7 @@ def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
             raise MnistdiffError(f"{resume} is at step {step} and the config trains {total_steps} "
                                  f"steps; raise train.max_steps (or train.epochs) to go on")
     return Session(cfg, rt, out_dir, say, loader, parts, loss_fn, loss_note, total_steps, step,
-                   seconds_before)
+                   seconds_before, teacher)
 
 
 def _resume_checkpoint(cfg: Config, resume: Path) -> dict:

@@ -47,6 +47,7 @@ from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from . import jobs
+from .config import excerpt
 from .errors import MnistdiffError
 from .models import DEFAULT, MODELS_DIR, RUNS_DIR
 
@@ -143,7 +144,7 @@ class App:
         """Generate: stream x_t and the predicted x0 of every step, then the grid."""
         pipe = self.pipeline(body.get("model"))
         classes, n = _classes(pipe, body.get("digits")), _whole(body, "n", 4)
-        _page_count(n, len(classes))
+        _page_count(pipe, n, len(classes))
         rid, folder = self.folder()
         job = jobs.SampleJob.from_values(classes=classes, n=n, out=folder / "samples.png",
                                          npz=folder / "samples.npz", **_settings(body)).bind(pipe)
@@ -170,7 +171,7 @@ class App:
         pipe = self.pipeline(body.get("model"))
         classes = _classes(pipe, body.get("digits", body.get("digit")))
         n = _whole(body, "n", 4)
-        _page_count(n, len(classes))
+        _page_count(pipe, n, len(classes))
         pixels, keep = _canvas(body.get("pixels"), "drawing"), _canvas(body.get("mask"), "mask")
         if not keep.any():
             raise MnistdiffError("the canvas is empty: draw part of a digit first")
@@ -237,7 +238,7 @@ def _whole(body: dict, key: str, default: int | None) -> int | None:
             return int(value.strip())
     except ValueError:
         pass
-    raise MnistdiffError(f"{key}: expected a whole number, got {str(value)[:40]!r}")
+    raise MnistdiffError(f"{key}: expected a whole number, got {excerpt(value)}")
 
 
 def _number(body: dict, key: str) -> float | None:
@@ -251,7 +252,7 @@ def _number(body: dict, key: str) -> float | None:
             return float(value)
     except ValueError:
         pass
-    raise MnistdiffError(f"{key}: expected a number, got {str(value)[:40]!r}")
+    raise MnistdiffError(f"{key}: expected a number, got {excerpt(value)}")
 
 
 def _settings(body: dict) -> dict:
@@ -259,7 +260,7 @@ def _settings(body: dict) -> dict:
     text = {k: body.get(k) or None for k in ("sampler", "spacing")}
     for key, value in text.items():
         if value is not None and not isinstance(value, str):
-            raise MnistdiffError(f"{key}: expected a name, got {str(value)[:40]!r}")
+            raise MnistdiffError(f"{key}: expected a name, got {excerpt(value)}")
     return {**text, "steps": _whole(body, "steps", None), "guidance": _number(body, "guidance"),
             "eta": _number(body, "eta"), "seed": _whole(body, "seed", None)}
 
@@ -278,15 +279,19 @@ def _classes(pipe, value: object) -> list[int]:
     return pipe.check_digits([_whole({"digit": c}, "digit", None) for c in classes])
 
 
-def _page_count(n: int, classes: int) -> None:
+def _page_count(pipe, n: int, classes: int) -> None:
+    """What the page may ask for at once (jobs.LIMITS); mnistdiff sample makes more."""
+    from .data import get_spec
+
     lo, hi = jobs.LIMITS["page_per_class"]
     most = jobs.LIMITS["page_images"][1]
     if not lo <= n <= hi:
         raise MnistdiffError(f"how many: got {n}, must be between {lo} and {hi} per class here "
                              f"(mnistdiff sample makes more)")
     if n * classes > most:
-        raise MnistdiffError(f"too many images: {classes} classes x {n} = {n * classes}, at most "
-                             f"{most} at once here (mnistdiff sample makes more)")
+        plural = get_spec(pipe.config.data.dataset).plural
+        raise MnistdiffError(f"too many images: {classes} {plural} x {n} = {n * classes}, at "
+                             f"most {most} at once here (mnistdiff sample makes more)")
 
 
 def _canvas(value: object, name: str):

@@ -71,12 +71,12 @@ def test_evaluate_real_samples_npz(mnist_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--guidance", "1", "--guidance-sweep", "1,2"], "exclude each other"),
     (["--guidance-sweep", "1,x"], "comma-separated numbers"),
-    (["--n", "1"], "must be >= 2"),
+    (["--n", "1"], "--n: got 1, must be an integer between 2 and"),
     (["--samples", "missing.npz", "--n", "10"], "--samples scores a file"),
     (["--samples", "missing.npz"], "missing.npz"),
     (["--steps", "0"], "steps"),
     (["--sampler", "euler"], "unknown sampler 'euler'"),
-    (["--n", "100000000000"], "of memory but only"),  # issue 13: refused before any work
+    (["--n", "100000000000"], "--n: got 100000000000, must be an integer between 2"),
     (["--npz", "x.png"], "so its name must end in .npz"),
     (["--cas-epochs", "0"], "--cas-epochs: got 0"),
     (["--guidance-sweep", "1,2", "--npz", "s.npz"], "--npz saves the samples of one"),

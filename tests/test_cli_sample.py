@@ -174,7 +174,8 @@ BAD = [
     (["animate", "--fps", "1e-9"], "--fps: got 1e-09"),
     (["animate", "--fps", "inf"], "--fps: got inf"),
     (["animate", "--hold", "inf"], "--hold: got inf"),
-    (["sample", "--n", "100000000"], "images need about"),
+    (["sample", "--n", "100000000"], "--n: got 100000000, must be an integer between 1 and 1,000,000"),
+    (["sample", "--n", "400000", "--npz", "x.npz", "--batch-size", "65536"], "of memory but only"),
     (["sample", "--n", "2000", "--digit", "3"], "the grid shows at most 1024 images per digit"),
     # issue 10
     (["sample", "--guidance-interval", "0.5"], "--guidance-interval: expected two comma-separated"),
@@ -271,9 +272,9 @@ def test_help_shows_flags_without_a_value_and_says_what_n_counts():
 def test_large_jobs_stream_and_the_grid_shows_the_first_images(tiny_checkpoint, tmp_path,
                                                                 monkeypatch):
     """The NPZ is written batch by batch; the grid keeps only its first GRID_MAX per digit."""
-    from mnistdiff import cli
+    from mnistdiff import jobs
 
-    monkeypatch.setattr(cli, "GRID_MAX", 4)
+    monkeypatch.setitem(jobs.LIMITS, "grid", (1, 4))
     png, npz = tmp_path / "g.png", tmp_path / "s.npz"
     out = invoke("sample", "-k", tiny_checkpoint, "--digits", "1,2", "--n", 6, "--batch-size", 5,
                  "--scale", 1, "--steps", 2, "--out", png, "--npz", npz)

@@ -133,7 +133,7 @@ def test_missing_manifest_or_dataset_is_a_clear_error(assets_copy):
     with pytest.raises(MnistdiffError, match="no bundled classifier for 'kmnist'"):
         ev.classifier_info("kmnist")
     (assets_copy / ev.MANIFEST).unlink()
-    with pytest.raises(MnistdiffError, match="cannot read the classifier manifest"):
+    with pytest.raises(MnistdiffError, match="cannot read the bundled classifiers' manifest"):
         ev.load_classifier("mnist")
 
 

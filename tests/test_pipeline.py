@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mnistdiff
-from mnistdiff import pipeline
+from mnistdiff import models, pipeline
 from mnistdiff.checkpoint import load_checkpoint, save_checkpoint
 from mnistdiff.config import load_config
 from mnistdiff.data import to_uint8
@@ -32,7 +32,7 @@ def pipe() -> Pipeline:
 
 
 def test_public_api_is_lazy():
-    assert mnistdiff.load is pipeline.load and mnistdiff.Pipeline is pipeline.Pipeline
+    assert mnistdiff.load is models.load and mnistdiff.Pipeline is pipeline.Pipeline
     with pytest.raises(AttributeError):
         mnistdiff.no_such_name
 

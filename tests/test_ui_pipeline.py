@@ -118,7 +118,7 @@ def test_inpaint_validates_like_sample(pipe):
 def test_interpolate_endpoints_are_plain_samples(pipe, sampler):
     morph = pipe.interpolate((3, 8), (1, 2), frames=5, sampler=sampler, steps=6)
     assert morph.images.shape == (5, 28, 28) and morph.alphas == [0, 0.25, 0.5, 0.75, 1]
-    assert morph.digits == (3, 8) and morph.seeds == (1, 2) and morph.sampler == sampler
+    assert morph.digits == (3, 8) and morph.seeds == (1, 2) and morph.settings.sampler == sampler
     first = pipe.sample(3, 1, seed=1, sampler=sampler, steps=6).images[0]
     last = pipe.sample(8, 1, seed=2, sampler=sampler, steps=6).images[0]
     assert torch.equal(morph.images[0], first) and torch.equal(morph.images[-1], last)
@@ -127,7 +127,7 @@ def test_interpolate_endpoints_are_plain_samples(pipe, sampler):
 
 def test_interpolate_between_two_seeds_of_one_digit(pipe):
     morph = pipe.interpolate(4, (5, 6), frames=3, steps=5)
-    assert morph.digits == (4, 4) and morph.sampler == "ddim"
+    assert morph.digits == (4, 4) and morph.settings.sampler == "ddim"
     assert torch.equal(morph.images[0], pipe.sample(4, 1, seed=5, steps=5).images[0])
     assert torch.equal(morph.images[-1], pipe.sample(4, 1, seed=6, steps=5).images[0])
     two_digits_one_seed = pipe.interpolate((2, 9), 7, frames=3, steps=5)
@@ -163,7 +163,7 @@ def test_interpolate_takes_settings(pipe):
     assert torch.equal(a.images, b.images) and a.seeds == (2, 5)
     assert pipe.interpolate((3, 5), 4, frames=2, settings=s).seeds == (4, 4)
     assert pipe.interpolate((1, 7), frames=2, settings=s).seeds == (2, 2)
-    with pytest.raises(TypeError, match="not both"):
-        pipe.interpolate((1, 7), frames=2, settings=s, steps=4)
+    four = pipe.interpolate((1, 7), frames=2, settings=s, steps=4)  # a value changes the settings
+    assert four.settings.steps == 4 and four.settings.sampler == "dpmpp"
     with pytest.raises(MnistdiffError, match="eta must be 0"):
         pipe.interpolate((1, 7), frames=2, settings=pipe.settings(sampler="ddim", eta=0.5))

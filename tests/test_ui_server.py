@@ -58,7 +58,7 @@ def test_the_model_card_shows_training_and_measured_quality(server):
     assert rows["training command"] == "mnistdiff train -c configs/tiny.yaml"
     assert rows["dataset"] == "mnist" and rows["training step"] == "20"
     assert "bundled model 'mnist'" in rows["model"]
-    assert card["metrics"] == [{"label": "tiny test", "n": 100, "sampler": "ddim", "steps": 10,
+    assert [{k: v for k, v in m.items() if k != "text"} for m in card["metrics"]] == [{"label": "tiny test", "n": 100, "sampler": "ddim", "steps": 10,
                                 "guidance": 2.0, "accuracy": 0.123, "fid": 45.6, "real_fid": 0.7}]
     assert card["defaults"] == {"sampler": "ddim", "steps": 10, "guidance": 2.0, "eta": 0.0,
                                 "seed": 0, "guidance_interval": [0.0, 1.0], "spacing": "linspace"}
@@ -81,8 +81,8 @@ def test_make_streams_every_step_then_gives_the_files_the_cli_writes(server, tin
     done = stream[-1][1]
     assert done["labels"] == [1, 1, 1, 4, 4, 4] and done["shape"] == [6, 28, 28]
     assert "6 images (2 digits x 3) with ddpm, 4 steps, guidance 1.5, seed 2" in done["summary"]
-    assert done["command"].startswith("mnistdiff sample --digits 1,4 --n 3 --checkpoint mnist "
-                                      "--sampler ddpm --steps 4 --guidance 1.5 --seed 2")
+    assert done["command"].startswith("mnistdiff sample --checkpoint mnist --digits 1,4 --n 3 "
+                                      "--sampler ddpm --steps 4 --guidance 1.5 ")
     assert {f["name"] for f in done["files"]} == {"samples.png", "samples.npz", "denoise.gif"}
 
     flags = ["--digits", "1,4", "--sampler", "ddpm", "--steps", 4, "--seed", 2, "--guidance", 1.5]
@@ -153,9 +153,11 @@ def test_morph_gives_a_strip_and_a_gif(server):
     ("/api/make", {"steps": "0"}, "steps: got 0, must be an integer between 1 and 50"),
     ("/api/make", {"steps": 51}, "steps: got 51"),
     ("/api/make", {"steps": "ten"}, "steps: expected a whole number, got 'ten'"),
-    ("/api/make", {"n": 0}, "how many: got 0, must be between 1 and 32"),
+    ("/api/make", {"n": 0}, "how many: got 0, must be between 1 and 64"),
     ("/api/make", {"digits": "all", "n": 20}, "too many images: 10 digits x 20 = 200"),
-    ("/api/make", {"guidance": -1}, "guidance: got -1.0, must be a number >= 0"),
+    ("/api/make", {"guidance": -1}, "guidance: got -1.0, must be between 0 and 100"),
+    ("/api/make", {"guidance": 1e9}, "guidance: got 1000000000.0, must be between 0 and 100"),
+    ("/api/make", {"sampler": ["ddim"]}, "sampler: expected a name, got ['ddim']"),
     ("/api/make", {"sampler": "euler"}, "unknown sampler 'euler'; choose one of ddpm, ddim"),
     ("/api/make", {"seed": -3}, "seed: got -3"),
     ("/api/make", {"model": "file:/etc/passwd"}, "model: unknown model 'file:/etc/passwd'"),

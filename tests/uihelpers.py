@@ -46,9 +46,13 @@ def running_server(tiny_checkpoint: Path, models_dir: Path, **kwargs):
 def request(url: str, body: object | None = None, headers: dict | None = None,
             method: str | None = None) -> tuple[int, dict, bytes]:
     """(status, headers, body) of a GET, or of a POST when ``body`` is given (JSON-encoded
-    unless it is bytes); HTTP errors are returned, not raised."""
+    unless it is bytes, sent as application/json unless ``headers`` say otherwise); HTTP
+    errors are returned, not raised."""
     data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    headers = dict(headers or {})
+    if data is not None:  # what the page's fetch sends
+        headers.setdefault("Content-Type", "application/json")
+    req = urllib.request.Request(url, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=120) as response:
             return response.status, dict(response.headers), response.read()
