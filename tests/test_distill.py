@@ -14,7 +14,10 @@ from mnistdiff import distill, load
 from mnistdiff.checkpoint import load_checkpoint
 from mnistdiff.cli import app
 from mnistdiff.config import config_from_dict
-from mnistdiff.diffusion import make_schedule, q_sample
+from mnistdiff.data import to_uint8
+from mnistdiff.diffusion import get_objective, make_schedule
+from mnistdiff.pipeline import Pipeline
+from mnistdiff.samplers import step_grid
 from mnistdiff.errors import MnistdiffError
 from mnistdiff.training import train
 from mnistdiff.unet import ConditionalUNet
@@ -25,108 +28,147 @@ from test_training import assert_same_training_state
 runner = CliRunner()
 
 
-class PointMass(nn.Module):
-    """A v-prediction 'teacher' whose data is one image x0*: v = (α_t x - x0*) / σ_t. Its
-    probability-flow ODE is solved exactly by any DDIM-type step: x_s = α_s x0* + σ_s ε̂."""
+class GaussianTeacher(nn.Module):
+    """A v-prediction 'teacher' whose data is per-pixel Gaussian, x0 ~ N(μ, s²): its posterior
+    means are closed form, E[x0 | x_t] = μ + α s² (x_t - α μ) / (α² s² + σ²) and
+    E[ε | x_t] = σ (x_t - α μ) / (α² s² + σ²), so v = α E[ε] - σ E[x0]. Its probability-flow
+    ODE maps the noise z at t to x_t = α_t μ + sqrt(α_t² s² + σ_t²) z (and x0 = μ + s z); a
+    sampler whose last evaluation is at t ends on E[x0 | x_t] = μ + α_t s² z / sqrt(α_t² s² +
+    σ_t²) (``endpoint``)."""
 
-    def __init__(self, schedule, x0_star):
+    def __init__(self, schedule, mu, std):
         super().__init__()
-        self.schedule, self.x0_star = schedule, x0_star
+        self.schedule, self.mu, self.std = schedule, mu, std
+        self.register_buffer("unused", torch.zeros(1))
 
     def forward(self, x, t, y):
         a = self.schedule.sqrt_ab[t].reshape(-1, 1, 1, 1)
         s = self.schedule.sqrt_1m_ab[t].reshape(-1, 1, 1, 1)
-        return (a * x - self.x0_star) / s
+        var = a**2 * self.std**2 + s**2
+        x0 = self.mu + a * self.std**2 * (x - a * self.mu) / var
+        eps = s * (x - a * self.mu) / var
+        return a * eps - s * x0
 
 
-def student_cfg(steps=4, teacher_steps=16, guidance=2.0, T=250):
-    return config_from_dict({
+class AffineStudent(nn.Module):
+    """out = w_t x + b_t per pixel and timestep: the family that holds the Gaussian's exact
+    one-step map, so the distillation loss alone must find it."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(T, 1, 28, 28))
+        self.b = nn.Parameter(torch.zeros(T, 1, 28, 28))
+
+    def forward(self, x, t, y):
+        return self.w[t] * x + self.b[t]
+
+
+def endpoint(schedule, mu, std, z, t=11):
+    """Where the teacher's 20 trailing steps end (their last evaluation is at t = 11)."""
+    a, s = schedule.sqrt_ab[t], schedule.sqrt_1m_ab[t]
+    return (mu + a * std**2 * z / torch.sqrt(a**2 * std**2 + s**2)).clamp(-1, 1)
+
+
+def gaussian_setup(T=250):
+    cfg = config_from_dict({
         "model": {"channels": [8, 16], "emb_dim": 16, "groups": 4},
         "diffusion": {"timesteps": T, "schedule": "cosine", "objective": "v"},
-        "sample": {"sampler": "ddim", "steps": steps, "spacing": "trailing", "guidance": 1.0},
-        "distill": {"teacher": "x", "guidance": guidance, "teacher_steps": teacher_steps}})
+        "sample": {"sampler": "dpmpp", "steps": 20, "spacing": "trailing", "guidance": 1.0,
+                   "batch_size": 64},
+        "distill": {"teacher": "gauss", "teacher_sha256": "0" * 64, "trajectories": 40,
+                    "guidance": 1.0},
+        "train": {"batch_size": 20, "seed": 3}})
+    schedule = make_schedule("cosine", T)
+    g = torch.Generator().manual_seed(0)
+    mu = torch.rand(1, 1, 28, 28, generator=g) * 1.2 - 0.6
+    std = 0.05 + 0.25 * torch.rand(1, 1, 28, 28, generator=g)
+    return cfg, schedule, GaussianTeacher(schedule, mu, std), mu, std
 
 
-def test_teacher_solve_and_target_are_exact_for_a_point_mass():
-    cfg = student_cfg()
-    schedule = make_schedule("cosine", 250)
-    x0_star = torch.rand(1, 1, 28, 28) * 1.6 - 0.8
-    teacher = PointMass(schedule, x0_star)
-    d = distill.Distiller(teacher, schedule, cfg)
-    assert d.bounds.tolist() == [249, 187, 124, 61, -1] and d.sub == 4
-
-    torch.manual_seed(0)
-    k = torch.tensor([0, 1, 2, 3, 3, 0])
-    t, s = d.bounds[k], d.bounds[k + 1]
-    eps = torch.randn(6, 1, 28, 28)
-    x_t = q_sample(schedule, x0_star.expand(6, -1, -1, -1), t, eps)
-    x_s = d.teacher_solve(x_t, t, s, torch.arange(6))
-    a_s = torch.where(s < 0, 1.0, schedule.sqrt_ab[s.clamp(min=0)]).reshape(-1, 1, 1, 1)
-    s_s = torch.where(s < 0, 0.0, schedule.sqrt_1m_ab[s.clamp(min=0)]).reshape(-1, 1, 1, 1)
-    torch.testing.assert_close(x_s, a_s * x0_star + s_s * eps, atol=2e-5, rtol=1e-4)
-    # The target is the teacher's own output: a student equal to the teacher has zero loss.
-    torch.testing.assert_close(d.target(x_t, t, s, torch.arange(6)), teacher(x_t, t, None),
-                               atol=1e-3, rtol=1e-3)
-    x0 = x0_star.expand(8, -1, -1, -1)
-    assert d.loss(teacher, x0, torch.arange(8) % 10).item() < 1e-7
-
-
-def test_one_student_step_on_the_target_lands_on_the_teacher():
-    """For any teacher: a DDIM step t -> s taken with the target output reaches the teacher's
-    x_s (Salimans & Ho 2022, Algorithm 2), including the last step into the clean image."""
-    cfg = student_cfg(steps=2, teacher_steps=6)
-    schedule = make_schedule("cosine", 250)
+def test_the_step_target_lands_exactly_on_the_teachers_state():
+    """A DDIM step t -> s with the target's x̂ reaches x_s (Salimans & Ho 2022, Algorithm 2),
+    the last step into the clean image included, for any states."""
+    schedule, objective = make_schedule("cosine", 250), get_objective("v")
     torch.manual_seed(1)
-    teacher = ConditionalUNet(channels=(8, 16), emb_dim=16, groups=4)
-    d = distill.Distiller(teacher, schedule, cfg)
-    t, s = d.bounds[torch.tensor([0, 1])], d.bounds[torch.tensor([1, 2])]
-    x_t = torch.randn(2, 1, 28, 28)
-    y = torch.tensor([3, 7])
-    v = d.target(x_t, t, s, y)
+    t, s = torch.tensor([249, 187, 124, 61, 249]), torch.tensor([187, 124, 61, -1, -1])
+    x_t, x_s = torch.randn(5, 1, 28, 28), torch.randn(5, 1, 28, 28)
+    v = distill.step_target(schedule, objective, x_t, t, x_s, s)
     a_t = schedule.sqrt_ab[t].reshape(-1, 1, 1, 1)
     s_t = schedule.sqrt_1m_ab[t].reshape(-1, 1, 1, 1)
     x_hat = a_t * x_t - s_t * v  # x0 from v
     a_s = torch.where(s < 0, 1.0, schedule.sqrt_ab[s.clamp(min=0)]).reshape(-1, 1, 1, 1)
     s_s = torch.where(s < 0, 0.0, schedule.sqrt_1m_ab[s.clamp(min=0)]).reshape(-1, 1, 1, 1)
-    ddim_step = a_s * x_hat + (s_s / s_t) * (x_t - a_t * x_hat)
-    torch.testing.assert_close(ddim_step, d.teacher_solve(x_t, t, s, y), atol=1e-4, rtol=1e-4)
+    landed = a_s * x_hat + (s_s / s_t) * (x_t - a_t * x_hat)
+    torch.testing.assert_close(landed, x_s, atol=1e-4, rtol=1e-4)
 
 
-def test_the_teacher_guidance_interval_is_honoured():
-    """An interval that holds none of the teacher's timesteps is the conditional teacher (w = 1);
-    one that holds all of them is plain guidance."""
-    schedule = make_schedule("cosine", 250)
-    torch.manual_seed(2)
-    teacher = ConditionalUNet(channels=(8, 16), emb_dim=16, groups=4)
-    t, s = torch.tensor([249, 124]), torch.tensor([187, 61])
-    x_t, y = torch.randn(2, 1, 28, 28), torch.tensor([1, 8])
+def test_gaussian_trajectories_follow_the_exact_ode(monkeypatch, tmp_path):
+    cfg, schedule, teacher, mu, std = gaussian_setup()
+    pipe = Pipeline(teacher, cfg, device="cpu")
+    s = pipe.settings()
+    labels = torch.arange(10).repeat_interleave(2)
+    states = distill.teacher_trajectories(pipe, s, labels, 7, [187, 124, 61])
+    assert states.shape == (5, 20, 1, 28, 28)
+    z = states[0]
+    for j, t in ((1, 187), (2, 124), (3, 61)):
+        a, sig = schedule.sqrt_ab[t], schedule.sqrt_1m_ab[t]
+        exact = a * mu + torch.sqrt(a**2 * std**2 + sig**2) * z
+        torch.testing.assert_close(states[j], exact, atol=5e-3, rtol=5e-3)  # 20 DPM++ steps
+    assert pipe.settings().steps == 20 and step_grid(schedule, 20, "trailing").ts[-1] == 11
+    # (the solver's first-order last steps: a few thousandths on average)
+    error = (states[-1] - endpoint(schedule, mu, std, z)).abs()
+    assert error.mean() < 5e-3 and error.max() < 0.05
+    # image i of the trajectories is image i of pipe.sample with that seed
+    out = pipe.sample(list(range(10)), n=2, settings=pipe.settings(s, seed=7))
+    assert torch.equal(to_uint8(states[-1]).squeeze(1), out.images)
 
-    def solve(**distill_cfg):
-        cfg = student_cfg()
-        cfg.distill.__dict__.update(distill_cfg)
-        return distill.Distiller(teacher, schedule, cfg).teacher_solve(x_t, t, s, y)
 
-    torch.testing.assert_close(solve(guidance=3.0, guidance_interval=[0.0, 0.01]),
-                               solve(guidance=1.0))
-    torch.testing.assert_close(solve(guidance=3.0, guidance_interval=[0.0, 1.0]),
-                               solve(guidance=3.0))
-    assert not torch.allclose(solve(guidance=3.0, guidance_interval=[0.5, 1.0]),
-                              solve(guidance=3.0))
+def test_a_one_step_student_learns_the_gaussians_exact_map(monkeypatch, tmp_path):
+    """Trajectory distillation on the closed-form teacher: the affine student's one step from
+    fresh noise lands where the teacher's 20 steps do (``endpoint``), within a few per cent."""
+    monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path))
+    cfg, schedule, teacher, mu, std = gaussian_setup()
+    cfg.sample.steps = 1
+    loader = distill.TrajectoryLoader(distill.TrajectoryCache(cfg.distill, schedule, "0" * 64, 10),
+                                      20, seed=3, steps=1, device=torch.device("cpu"))
+    loader.prepare(lambda: Pipeline(teacher, cfg, device="cpu"), lambda line: None)
+    assert len(list(tmp_path.rglob("shard-*.pt"))) == 1 and len(loader) == 2
+    loss = distill.StudentLoss(loader, schedule, "v", 1)
+    student = AffineStudent(250)
+    opt = torch.optim.Adam(student.parameters(), lr=0.05)
+    for epoch in range(150):
+        for idx, k in loader.epoch(epoch):
+            opt.zero_grad()
+            loss(student, idx, k).backward()
+            opt.step()
+    z = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(9))
+    t = torch.full((64,), 249)
+    a, s = schedule.sqrt_ab[249], schedule.sqrt_1m_ab[249]
+    x_hat = a * z - s * student(z, t, None).detach()  # x0 of the student's one DDIM step
+    assert ((x_hat - endpoint(schedule, mu, std, z)).abs() / std).mean() < 0.05
 
 
-def test_a_grid_too_coarse_for_the_teacher_steps_is_refused():
-    cfg = config_from_dict({
-        "model": {"channels": [8, 16], "emb_dim": 16, "groups": 4},
-        "diffusion": {"timesteps": 50, "objective": "v"},
-        "sample": {"sampler": "ddim", "steps": 4, "spacing": "linspace"},
-        "distill": {"teacher": "x", "teacher_steps": 8}})
-    with pytest.raises(Exception, match="too short for 2 teacher steps"):
-        distill.Distiller(nn.Identity(), make_schedule("linear", 50), cfg)
-    with pytest.raises(Exception, match="multiple of sample.steps"):
-        student_cfg(steps=4, teacher_steps=10)
+def test_a_student_grid_off_the_teachers_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path))
+    cfg, schedule, teacher, mu, std = gaussian_setup()
+    loader = distill.TrajectoryLoader(distill.TrajectoryCache(cfg.distill, schedule, "0" * 64, 10),
+                                      20, seed=3, steps=3, device=torch.device("cpu"))
+    with pytest.raises(MnistdiffError, match="1, 2 or 4 steps"):
+        distill.StudentLoss(loader, schedule, "v", 3)
+    cfg.distill.teacher_steps = 10  # 249, 224, ...: no 187
+    pipe = Pipeline(teacher, cfg, device="cpu")
+    with pytest.raises(MnistdiffError, match="does not pass through"):
+        distill.teacher_trajectories(pipe, pipe.settings(steps=10), torch.arange(10), 0,
+                                     [187, 124, 61])
 
 
 # --------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(autouse=True)
+def trajectory_cache(tmp_path, monkeypatch):
+    """Every test's trajectories in its own cache folder."""
+    monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path / "cache"))
+
 
 @pytest.fixture(scope="module")
 def v_teacher(synthetic_dir, tmp_path_factory):
@@ -143,7 +185,8 @@ def v_teacher(synthetic_dir, tmp_path_factory):
 def distill_overrides(synthetic_dir, max_steps=4, *extra):
     data = dict(root=str(synthetic_dir), verify=False, download=False)
     d = {"data": data, "train": {"batch_size": 8, "max_steps": max_steps, "log_every": 2,
-                                 "sample_every": 0, "checkpoint_every": 2, "warmup_steps": 1}}
+                                 "sample_every": 0, "checkpoint_every": 2, "warmup_steps": 1},
+         "distill": {"trajectories": 20}}
     for item in extra:
         key, value = item.split("=")
         section, name = key.split(".")
@@ -157,16 +200,18 @@ def test_distill_end_to_end_and_the_student_samples_with_its_steps(v_teacher, sy
     args = ["distill", "--teacher", str(v_teacher), "--steps", "2", "--device", "cpu",
             "--no-progress", "-o", "runs/student", "--data-dir", str(synthetic_dir),
             "-s", "data.verify=false", "-s", "data.download=false", "-s", "train.batch_size=8",
-            "-s", "train.max_steps=3", "-s", "train.sample_every=0", "-s", "train.log_every=1"]
+            "-s", "train.max_steps=3", "-s", "train.sample_every=0", "-s", "train.log_every=1",
+            "-s", "distill.trajectories=20"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "distilling" in result.output and "into 2 ddim steps" in result.output
+    assert "distilling" in result.output and "into 2 DDIM steps" in result.output
+    assert "teacher trajectories: shard 1/1 written" in result.output
     ckpt = load_checkpoint(tmp_path / "runs/student/checkpoints/last.pt")
     c = ckpt["config"]
     assert c["sample"] == {**c["sample"], "sampler": "ddim", "steps": 2, "spacing": "trailing",
                            "guidance": 1.0, "guidance_interval": [0.0, 1.0]}
     assert c["distill"]["teacher"] == str(v_teacher) and len(c["distill"]["teacher_sha256"]) == 64
-    assert c["distill"]["teacher_steps"] == 8 and c["distill"]["guidance"] == 2.0  # tiny's w
+    assert c["distill"]["teacher_steps"] == 20 and c["distill"]["guidance"] == 2.0  # tiny's w
     assert c["model"] == load_checkpoint(v_teacher)["config"]["model"]
     assert len((tmp_path / "runs/student/log.jsonl").read_text().splitlines()) == 3
 
@@ -222,7 +267,8 @@ def test_distill_errors_are_one_line(v_teacher, tiny_checkpoint, synthetic_dir, 
     # a resumed run keeps its teacher; a changed teacher file is refused
     ok = runner.invoke(app, [*base, "--teacher", str(v_teacher), "--steps", "2", "-o", "r2",
                              "-s", "data.verify=false", "-s", "data.download=false",
-                             "-s", "train.max_steps=1", "-s", "train.batch_size=4"])
+                             "-s", "train.max_steps=1", "-s", "train.batch_size=4",
+                             "-s", "distill.trajectories=20"])
     assert ok.exit_code == 0, ok.output
     assert "keeps its teacher" in fails("--resume", "r2", "--teacher", "mnist")
     cfg = load_checkpoint(tmp_path / "r2/checkpoints/last.pt")["config"]
@@ -233,9 +279,33 @@ def test_distill_errors_are_one_line(v_teacher, tiny_checkpoint, synthetic_dir, 
     torch.save(state, changed)
     ok = runner.invoke(app, [*base, "--teacher", str(changed), "--steps", "2", "-o", "r3",
                              "-s", "data.verify=false", "-s", "data.download=false",
-                             "-s", "train.max_steps=1", "-s", "train.batch_size=4"])
+                             "-s", "train.max_steps=1", "-s", "train.batch_size=4",
+                             "-s", "distill.trajectories=20"])
     assert ok.exit_code == 0, ok.output
     state["step"] += 1
     torch.save(state, changed)
     assert "changed since this distillation started" in fails(
         "--resume", "r3", "-s", "train.max_steps=2")
+
+
+def test_students_of_one_teacher_share_its_trajectories(v_teacher, synthetic_dir, tmp_path):
+    """The cache is keyed by the teacher and its settings: a 1-step and a 2-step student read
+    the same shard; another guidance computes its own."""
+    for steps in (1, 2):
+        cfg = distill.student_config(str(v_teacher), distill_overrides(synthetic_dir, 1),
+                                     steps=steps)
+        train(cfg, tmp_path / f"s{steps}", device="cpu", progress=False)
+    assert len(list((tmp_path / "cache").rglob("shard-*.pt"))) == 1
+    cfg = distill.student_config(str(v_teacher), distill_overrides(
+        synthetic_dir, 1, "distill.guidance=1.5"), steps=2)
+    train(cfg, tmp_path / "w15", device="cpu", progress=False)
+    assert len(list((tmp_path / "cache").rglob("shard-*.pt"))) == 2
+
+
+def test_a_damaged_cache_file_is_one_line(v_teacher, synthetic_dir, tmp_path):
+    cfg = distill.student_config(str(v_teacher), distill_overrides(synthetic_dir, 1), steps=2)
+    train(cfg, tmp_path / "a", device="cpu", progress=False)
+    shard = next((tmp_path / "cache").rglob("shard-*.pt"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(MnistdiffError, match="damaged trajectory cache file"):
+        train(cfg, tmp_path / "b", device="cpu", progress=False)
