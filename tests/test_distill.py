@@ -117,7 +117,7 @@ def test_gaussian_trajectories_follow_the_exact_ode(monkeypatch, tmp_path):
     assert pipe.settings().steps == 20 and step_grid(schedule, 20, "trailing").ts[-1] == 11
     # (the solver's first-order last steps: a few thousandths on average)
     error = (states[-1] - endpoint(schedule, mu, std, z)).abs()
-    assert error.mean() < 5e-3 and error.max() < 0.05
+    assert error.mean() < 0.01 and error.max() < 0.05
     # image i of the trajectories is image i of pipe.sample with that seed
     out = pipe.sample(list(range(10)), n=2, settings=pipe.settings(s, seed=7))
     assert torch.equal(to_uint8(states[-1]).squeeze(1), out.images)
