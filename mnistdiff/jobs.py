@@ -368,7 +368,7 @@ def _write_batches(batches, out: Path, npz: Optional[Path], individual: Optional
 
     import torch
 
-    from .evaluation import NpzSamplesWriter
+    from .npz import NpzSamplesWriter
     from .pipeline import Samples
     from .visualize import image_grid, save_image
 
@@ -618,12 +618,13 @@ class EvaluateJob:
     def run(self, say: Callable[[str], None] = lambda line: None) -> Result:
         from . import evaluation
         from .files import all_or_nothing
+        from .npz import load_npz_samples, save_npz_samples
         from .visualize import plot_guidance_sweep
 
         ref, k, batch = self.reference, self.config.eval.knn_k, self.batch_size or \
             self.config.eval.batch_size
         if self.pipe is None:
-            images, labels = evaluation.load_npz_samples(self.samples)
+            images, labels = load_npz_samples(self.samples)
             rows = [evaluation.score(images, labels, ref, k=k, batch_size=batch)]
             source = {"samples": str(self.samples)}
         else:
@@ -647,7 +648,7 @@ class EvaluateJob:
             if self.plot is not None:
                 plot_guidance_sweep(rows, self.plot)
             if self.npz is not None:
-                evaluation.save_npz_samples(self.npz, images, labels)
+                save_npz_samples(self.npz, images, labels)
         files = [p for p in (self.out, self.npz, self.plot) if p is not None]
         return Result(files, f"{len(rows)} setting(s) scored", "",
                       {"rows": rows, "floor": floor, "cas": cas, "k": k})

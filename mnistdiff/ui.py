@@ -103,7 +103,7 @@ class App:
                 "metrics": metrics(pipe.info), "defaults": dataclasses.asdict(pipe.settings()),
                 "timesteps": pipe.schedule.T, "samplers": list(SAMPLERS),
                 "spacings": list(SPACINGS), "classes": list(pipe.classes),
-                "noun": noun,
+                "noun": noun, "live": pipe.settings().steps <= 4,
                 "limits": {"per_class": jobs.LIMITS["page_per_class"][1],
                            "images": jobs.LIMITS["page_images"][1],
                            "resample": jobs.LIMITS["resample"][1],

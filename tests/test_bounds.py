@@ -456,7 +456,7 @@ LABELS_100 = npy((100,), np.int64, (np.arange(100) % 10).astype(np.int64).tobyte
      "no 'images' array (it holds: labels, nnnnnnnnnnnnnnnnnnnnnnnnnnn..."),
 ])
 def test_npz_headers_are_checked_before_reading(tmp_path, members, message):
-    from mnistdiff.evaluation import load_npz_samples
+    from mnistdiff.npz import load_npz_samples
     path = write_npz(tmp_path / "s.npz", members)
     t0 = time.perf_counter()
     try:
@@ -470,7 +470,7 @@ def test_npz_headers_are_checked_before_reading(tmp_path, members, message):
 
 
 def test_npz_members_that_zipfile_would_inflate_unbounded_are_refused(tmp_path):
-    from mnistdiff.evaluation import load_npz_samples
+    from mnistdiff.npz import load_npz_samples
     path = write_npz(tmp_path / "bz.npz", {"images.npy": IMAGES_100, "labels.npy": LABELS_100},
                      zipfile.ZIP_BZIP2)
     with pytest.raises(MnistdiffError, match="uses zip compression method 12; an NPZ is stored "
@@ -490,7 +490,7 @@ def test_npz_members_that_zipfile_would_inflate_unbounded_are_refused(tmp_path):
 
 def test_npz_memory_check(tmp_path, monkeypatch):
     from mnistdiff import files
-    from mnistdiff.evaluation import load_npz_samples
+    from mnistdiff.npz import load_npz_samples
     path = write_npz(tmp_path / "s.npz", {"images.npy": IMAGES_100, "labels.npy": LABELS_100})
     monkeypatch.setattr(files, "available_memory", lambda: 50_000)
     with pytest.raises(MnistdiffError, match="100 samples need about 80.0 KB of memory but only "
@@ -509,7 +509,7 @@ def test_an_unused_huge_npz_member_is_never_inflated(tmp_path):
             for _ in range(64):
                 f.write(block)
     assert path.stat().st_size < 10_000_000
-    imports = "from mnistdiff.evaluation import load_npz_samples"
+    imports = "from mnistdiff.npz import load_npz_samples"
     assert catch_capped(f"load_npz_samples({str(path)!r})[0].shape", imports) == "OK Size"
     lying = write_npz(tmp_path / "lying.npz", {
         "images.npy": npy((10**9, 28, 28), np.uint8, bytes(78_400)),

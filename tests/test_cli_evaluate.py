@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from mnistdiff.cli import app
 from mnistdiff.data import load_split
-from mnistdiff.evaluation import REPORT_KEYS, load_npz_samples, save_npz_samples
+from mnistdiff.evaluation import REPORT_KEYS
+from mnistdiff.npz import load_npz_samples, save_npz_samples
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mnistdiff.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mnistdiff.cli import app, main
-from mnistdiff.evaluation import load_npz_samples
+from mnistdiff.npz import load_npz_samples
 from mnistdiff.models import load
 from mnistdiff.unet import count_parameters
 from mnistdiff.visualize import image_grid

@@ -191,7 +191,7 @@ def test_evaluate_samples_without_data_mentions_no_floor(offline, synthetic_dir,
     import sys
 
     from mnistdiff.cli import main
-    from mnistdiff.evaluation import save_npz_samples
+    from mnistdiff.npz import save_npz_samples
 
     npz = save_npz_samples(offline / "s.npz", np.zeros((4, 28, 28), np.uint8), np.arange(4))
     monkeypatch.setattr(sys, "argv", ["mnistdiff", "evaluate", "--samples", str(npz), "--out",
@@ -208,7 +208,7 @@ def test_evaluate_without_the_training_split_mentions_no_floor(offline, mnist_di
     import sys
 
     from mnistdiff.cli import main
-    from mnistdiff.evaluation import save_npz_samples
+    from mnistdiff.npz import save_npz_samples
 
     npz = save_npz_samples(offline / "s.npz", np.zeros((4, 28, 28), np.uint8), np.arange(4))
     test_only = offline / "test-only"

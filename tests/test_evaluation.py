@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import mnistdiff.evaluation as ev
+from mnistdiff import npz
 from mnistdiff.data import load_split
 from mnistdiff.errors import MnistdiffError
 
@@ -261,8 +262,8 @@ def test_report_has_every_field_and_round_trips_through_json(reference, noise_me
 def test_samples_npz_round_trips(tmp_path):
     images = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8)
     labels = torch.arange(20) % 10
-    ev.save_npz_samples(tmp_path / "s.npz", images, labels)
-    got_images, got_labels = ev.load_npz_samples(tmp_path / "s.npz")
+    npz.save_npz_samples(tmp_path / "s.npz", images, labels)
+    got_images, got_labels = npz.load_npz_samples(tmp_path / "s.npz")
     assert got_images.shape == (20, 28, 28) and got_images.dtype == torch.uint8
     assert got_labels.dtype == torch.int64
     assert torch.equal(got_images, images[:, 0]) and torch.equal(got_labels, labels)
@@ -288,7 +289,7 @@ def test_bad_samples_npz_is_a_clear_error(tmp_path, arrays, message):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
     with pytest.raises(MnistdiffError, match=message):
-        ev.load_npz_samples(path)
+        npz.load_npz_samples(path)
 
 
 def test_a_file_that_is_not_an_npz_is_a_clear_error(tmp_path):
@@ -296,7 +297,7 @@ def test_a_file_that_is_not_an_npz_is_a_clear_error(tmp_path):
     np.save(tmp_path / "single.npy", GOOD_IMAGES)
     for path in (tmp_path / "junk.npz", tmp_path / "single.npy", tmp_path / "missing.npz"):
         with pytest.raises(MnistdiffError, match="cannot read .* as an NPZ file"):
-            ev.load_npz_samples(path)
+            npz.load_npz_samples(path)
 
 
 def test_sample_and_score_gives_a_row_per_setting(reference, tiny_checkpoint):

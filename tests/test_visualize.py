@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mnistdiff.errors import MnistdiffError
-from mnistdiff.evaluation import save_npz_samples
+from mnistdiff.npz import save_npz_samples
 from mnistdiff.visualize import (add_caption, animation_frames, as_uint8, check_animation_path,
                                  frame_strip, image_grid, labelled_grid, plot_guidance_sweep,
                                  plot_loss, save_animation, save_image)

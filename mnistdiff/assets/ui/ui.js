@@ -30,9 +30,11 @@ async function postJSON(url, body) {
 }
 
 // POST, then read server-sent events (start, step..., done | error) from the response body.
-async function stream(url, body, onEvent) {
+// An AbortSignal stops it (and, as the connection closes, the sampling on the server).
+async function stream(url, body, onEvent, signal) {
   const response = await fetch(url, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    signal,
   });
   if (!response.ok) {
     const data = await response.json().catch(() => ({ error: response.statusText }));
@@ -73,12 +75,13 @@ function showError(section, message) {
 
 function setState(section, state) {
   section.dataset.state = state; // idle | running | done | error (the tests wait on it)
-  for (const button of $$("button.go", section)) button.disabled = state === "running";
+  const live = section.id === "make" && $("#live").checked;
+  for (const button of $$("button.go", section)) button.disabled = state === "running" && !live;
 }
 
 function values(form) {
   const body = { model: $("#model").value };
-  for (const el of form.elements) if (el.name) body[el.name] = el.value;
+  for (const el of form.elements) if (el.name && el.type !== "checkbox") body[el.name] = el.value;
   return body;
 }
 
@@ -109,8 +112,10 @@ async function run(section, work) {
     await work();
     setState(section, "done");
   } catch (err) {
+    if (err.name === "AbortError") return; // a newer request replaced this one
     showError(section, networkMessage(err));
     $(".status", section).textContent = "";
+    for (const box of $$(".live, .result", section)) box.hidden = true; // no stale pictures
     setState(section, "error");
   }
 }
@@ -138,7 +143,13 @@ async function loadCard() {
   showGlobalError("");
   const d = card.defaults;
   status.textContent = `${card.classes.length} classes, T = ${card.timesteps}; defaults: ` +
-    `${d.sampler}, ${d.steps} steps, guidance ${d.guidance}`;
+    `${d.sampler}, ${d.steps} step${d.steps > 1 ? "s" : ""}, guidance ${d.guidance}`;
+  const plural = card.noun === "digit" ? "Digits" : "Classes";
+  for (const span of $$(".plural")) span.textContent = plural;
+  for (const input of $$("input[name=n]")) input.max = card.limits.per_class;
+  $("#complete-form [name=resample]").max = card.limits.resample;
+  $("#morph-form [name=frames]").max = card.limits.frames;
+  $("#live").checked = card.live;
   for (const select of $$("select.sampler")) {
     const names = select.classList.contains("deterministic")
       ? card.samplers.filter((s) => s !== "ddpm") : card.samplers;
@@ -195,13 +206,19 @@ function renderCard() {
 
 // ------------------------------------------------------------------------- Make
 
+let makeAbort = null; // the Make request in flight, replaced by the next one
+
 function setupMake() {
   const section = $("#make");
-  $("#make-form").addEventListener("submit", (event) => {
+  const form = $("#make-form");
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
     const body = values(event.target);
+    if (makeAbort) makeAbort.abort();
+    const controller = new AbortController();
+    makeAbort = controller;
     run(section, async () => {
-      $(".result", section).hidden = true;
+      if (!$("#live").checked) $(".result", section).hidden = true;
       $(".status", section).textContent = "starting...";
       const started = performance.now();
       let first = null;
@@ -210,7 +227,8 @@ function setupMake() {
           if (first === null) first = performance.now() - started;
           showStep(section, data);
         }
-      });
+      }, controller.signal);
+      section.dataset.madeMs = String(Math.round(performance.now() - started));
       const box = $(".result", section);
       $(".grid", box).src = result.grid;
       $(".summary", box).textContent = result.summary;
@@ -223,6 +241,19 @@ function setupMake() {
       $(".status", section).textContent = `done; first frame after ${Math.round(first ?? 0)} ms`;
     });
   });
+}
+
+// Live: with a fast model, Make runs again as soon as a control changes (no click).
+function setupLive() {
+  const form = $("#make-form");
+  let timer = null;
+  const again = (event) => {
+    if (!$("#live").checked || event.target.name === "live") return;
+    clearTimeout(timer);
+    timer = setTimeout(() => form.requestSubmit(), 120);
+  };
+  form.addEventListener("input", again);
+  form.addEventListener("change", again);
 }
 
 // ------------------------------------------------------------------------- Complete my drawing
@@ -360,6 +391,7 @@ window.mnistdiff = {
 document.addEventListener("DOMContentLoaded", async () => {
   setupTabs();
   setupMake();
+  setupLive();
   setupComplete();
   setupMorph();
   $("#model").addEventListener("change", loadCard);
