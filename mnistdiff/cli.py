@@ -1,10 +1,9 @@
 """The ``mnistdiff`` command line: parse options, call one library function, report.
 
 Each command validates its values (``jobs.*.from_values``, before torch is imported, so a bad
-value is one line at once), opens the model, runs the job and prints its result. No library
-work lives here. A :class:`MnistdiffError` becomes one ``error: ...`` line and exit status 1
-(``--debug`` shows the traceback instead); SIGTERM and SIGHUP stop a command like Ctrl-C, with
-nothing half-written left behind.
+value is one line at once), opens the model, runs the job and prints its result. A
+:class:`MnistdiffError` becomes one ``error: ...`` line and exit status 1 (``--debug`` shows the
+traceback); SIGTERM and SIGHUP stop a command like Ctrl-C, leaving nothing half-written.
 """
 
 from __future__ import annotations
@@ -31,25 +30,7 @@ config_app = typer.Typer(help="Show resolved configs.", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect datasets.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
-
 # No line wrapping: output piped to a file or a program stays whole (tables get a wide page).
-def _quiet_help_option() -> None:
-    """--help is a flag: give it no value label (Typer shows it as '<bool>')."""
-    try:
-        from typer._click.core import Command
-    except ImportError:  # another Typer layout: its help keeps the label
-        return
-    get = Command.get_help_option
-
-    def help_option(self, ctx):
-        option = get(self, ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
-    Command.get_help_option = help_option
-
-
-_quiet_help_option()
 out = Console(soft_wrap=True, highlight=False, width=None if os.isatty(1) else 200)
 err = Console(stderr=True, soft_wrap=True, highlight=False, width=None if os.isatty(2) else 200)
 _state = {"debug": False}
@@ -64,58 +45,44 @@ def _flag(*names: str, help: str, **kw) -> typer.models.OptionInfo:
     return _opt(*names, help=help, metavar="", **kw)
 
 
-# Options, declared once (the `hf` CLI's aliases).
-Config = Annotated[Optional[Path], _opt("--config", "-c", help="YAML config file (defaults if "
-                                        "omitted).")]
-Sets = Annotated[Optional[List[str]], _opt("--set", "-s", metavar="KEY=VALUE", help="Override a "
-                                           "config value, e.g. --set train.lr=2e-4 (repeatable).")]
-DataDir = Annotated[Optional[Path], _opt("--data-dir", help="Folder of IDX files (sets "
-                                         "data.root).")]
-Dataset = Annotated[Optional[str], _opt("--dataset", help="mnist or fashion-mnist (sets "
-                                        "data.dataset).")]
+# Options, declared once (as the `hf` CLI's aliases).
+O, P, S, I, F = Optional, Path, str, int, float  # noqa: E741 (short names for the table)
+Config = Annotated[O[P], _opt("--config", "-c", help="YAML config file (defaults if omitted).")]
+Sets = Annotated[O[List[S]], _opt("--set", "-s", metavar="KEY=VALUE",
+                                  help="Override a config value, e.g. --set train.lr=2e-4.")]
+DataDir = Annotated[O[P], _opt("--data-dir", help="Folder of IDX files (sets data.root).")]
+Dataset = Annotated[O[S], _opt("--dataset", help="mnist or fashion-mnist (sets data.dataset).")]
 Json = Annotated[bool, _flag("--json", help="Print JSON instead of a table.")]
-Checkpoint = Annotated[Optional[str], _opt(
-    "--checkpoint", "-k", metavar="NAME|PATH", help="A bundled model (mnist, mnist-small, "
-    "mnist-fast, fashion-mnist), a checkpoint file, a run folder or 'latest' (default: the "
-    "newest run under runs/, else the bundled mnist). An existing path wins over a name.")]
-Device = Annotated[str, _opt("--device", help="auto (CUDA when available), cpu, cuda, cuda:N or "
-                             "mps.", show_default=True)]
-Threads = Annotated[Optional[int], _opt("--threads", metavar="N", help="CPU threads for torch "
-                                        "(default: torch's, one per core); on a busy machine 1 "
-                                        "is often faster.")]
-Ema = Annotated[bool, _flag("--ema/--no-ema", help="Use the EMA weights when the checkpoint has "
-                           "them (default: yes).")]
-Progress = Annotated[bool, _flag("--progress/--no-progress", help="Show a progress bar (default: "
-                                "yes).")]
-Digit = Annotated[Optional[int], _opt("--digit", help="One class (0-9: a digit, or a clothing "
-                                      "item for fashion-mnist).")]
-Digits = Annotated[Optional[str], _opt("--digits", metavar="0,3,7", help="Comma-separated "
-                                       "classes.")]
+Checkpoint = Annotated[O[S], _opt("--checkpoint", "-k", metavar="NAME|PATH", help=(
+    "A bundled model (mnist-fast, mnist, mnist-small, fashion-mnist), a checkpoint file, a run "
+    "folder or 'latest' (default: the newest run under runs/, else the bundled default). An "
+    "existing path wins over a name."))]
+Device = Annotated[S, _opt("--device", help="auto (CUDA when there is one), cpu, cuda, cuda:N, "
+                           "mps.", show_default=True)]
+Threads = Annotated[O[I], _opt("--threads", metavar="N", help="CPU threads for torch (default: "
+                               "one per core); on a busy machine 1 is often faster.")]
+Ema = Annotated[bool, _flag("--ema/--no-ema", help="The EMA weights when there are (default).")]
+Progress = Annotated[bool, _flag("--progress/--no-progress", help="Show a progress bar.")]
+Digit = Annotated[O[I], _opt("--digit", help="One class: a digit (or an item of fashion-mnist).")]
+Digits = Annotated[O[S], _opt("--digits", metavar="0,3,7", help="Comma-separated classes.")]
 All = Annotated[bool, _flag("--all", help="Every class (the default).")]
-Sampler = Annotated[Optional[str], _opt("--sampler", help="ddpm, ddim or dpmpp (default: the "
-                                        "model's).")]
-Steps = Annotated[Optional[int], _opt("--steps", help="Sampling steps, i.e. network evaluations "
-                                      "per image, 1 to T (default: the model's).")]
-Guidance = Annotated[Optional[float], _opt("--guidance", help="Classifier-free guidance scale w, "
-                                           "0 to 100: 0 unconditional, 1 conditional, >1 "
-                                           "stronger (default: the model's).")]
-Interval = Annotated[Optional[str], _opt("--guidance-interval", metavar="LO,HI", help="Guide "
-                                         "only at noise levels t/(T-1) in [LO, HI], one pass "
-                                         "elsewhere; 0,1 guides every step (default: the "
-                                         "model's).")]
-Spacing = Annotated[Optional[str], _opt("--spacing", help="How the steps spread over the "
-                                        "timesteps: linspace, trailing or karras (short steps "
-                                        "at low noise) (default: the model's).")]
-Eta = Annotated[Optional[float], _opt("--eta", help="DDIM noise, 0 (deterministic) to 1.")]
-Seed = Annotated[Optional[int], _opt("--seed", help="Random seed (default: the model's).")]
-Scale = Annotated[int, _opt("--scale", help="Nearest-neighbour upscaling, 1 to 16.",
-                            show_default=True)]
-BatchSize = Annotated[Optional[int], _opt("--batch-size", help="Images per forward pass "
-                                          "(default: the model's sample.batch_size).")]
-OutDir = Annotated[Optional[Path], _opt("--out", "-o", help="Run folder (default: runs/<name>-"
-                                        "<time>, or the resumed run's).")]
-Resume = Annotated[Optional[str], _opt("--resume", "-r", metavar="latest|PATH", help="Continue a "
-                                       "run: 'latest', a run folder or a checkpoint file.")]
+Sampler = Annotated[O[S], _opt("--sampler", help="ddpm, ddim or dpmpp (default: the model's).")]
+Steps = Annotated[O[I], _opt("--steps", help="Sampling steps, 1 to T (default: the model's).")]
+Guidance = Annotated[O[F], _opt("--guidance", help="Guidance scale w, 0 to 100: 0 unconditional, "
+                                "1 conditional, >1 stronger (default: the model's).")]
+Interval = Annotated[O[S], _opt("--guidance-interval", metavar="LO,HI", help="Guide only at "
+                                "t/(T-1) in [LO, HI], one pass elsewhere (default: the model's).")]
+Spacing = Annotated[O[S], _opt("--spacing", help="linspace, trailing or karras: how the steps "
+                               "spread over the timesteps (default: the model's).")]
+Eta = Annotated[O[F], _opt("--eta", help="DDIM noise, 0 (deterministic) to 1.")]
+Seed = Annotated[O[I], _opt("--seed", help="Random seed (default: the model's).")]
+Scale = Annotated[I, _opt("--scale", help="Nearest-neighbour upscaling, 1 to 16.",
+                          show_default=True)]
+BatchSize = Annotated[O[I], _opt("--batch-size", help="Images per forward pass (default: the "
+                                 "model's).")]
+OutDir = Annotated[O[P], _opt("--out", "-o", help="Run folder (default: runs/<name>-<time>).")]
+Resume = Annotated[O[S], _opt("--resume", "-r", metavar="latest|PATH", help="Continue a run: "
+                              "'latest', a run folder or a checkpoint file.")]
 
 
 def _settings(sampler, steps, guidance, eta, seed, interval, spacing) -> dict:
@@ -131,7 +98,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: Annotated[bool, _flag("--version", callback=_version, is_eager=True,
-                                        help="Print the version and exit.")] = False,
+                                         help="Print the version and exit.")] = False,
           debug: Annotated[bool, _flag("--debug", help="Show tracebacks for errors.")] = False
           ) -> None:
     _state["debug"] = debug
@@ -150,24 +117,34 @@ def _open(job, checkpoint: Optional[str], device: str, ema: bool, threads: Optio
 
     _threads(threads)
     pipe = load(checkpoint, device=device, ema=ema)
-    out.print(f"model: {pipe.info.get('source', pipe.info.get('path'))}")
+    out.print(f"model: {escape(str(pipe.info.get('source', pipe.info.get('path'))))}")
     return job.bind(pipe)
 
 
 def _report(result: jobs.Result) -> None:
-    """The one output helper of the sampling commands: the summary, then each file written."""
-    out.print(escape(result.summary))
+    """The one output helper of the jobs: the summary, then each file written."""
+    if result.summary:
+        out.print(escape(result.summary))
     for path in result.files:
         out.print(f"wrote {escape(str(path))}")
+
+
+def _table(columns, rows, *, title: str | None = None, box: object = "default") -> None:
+    """The one table helper: ``columns`` names (None: a two-column name / value list)."""
+    from rich import box as boxes
+
+    table = Table(*(columns or []), title=title, show_header=columns is not None,
+                  box=boxes.HEAVY_HEAD if box == "default" else box)
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    out.print(table)
 
 
 def _cfg(config: Optional[Path], sets: Optional[List[str]], data_dir: Optional[Path] = None,
          dataset: Optional[str] = None):
     from .config import load_config
 
-    overrides = list(sets or [])
-    if dataset is not None:
-        overrides.append(f"data.dataset={dataset}")
+    overrides = list(sets or []) + ([f"data.dataset={dataset}"] if dataset else [])
     if data_dir is not None:
         overrides.append(f"data.root={json.dumps(str(data_dir))}")
     return load_config(config, overrides)
@@ -188,33 +165,26 @@ def config_show(config: Config = None, set_: Sets = None, as_json: Json = False)
 def data_info(config: Config = None, set_: Sets = None, data_dir: DataDir = None,
               dataset: Dataset = None, as_json: Json = False) -> None:
     """Per-class counts, pixel mean/std and file checksums of a dataset folder."""
-    from .data import describe, find_data_dir
+    from .data import describe, describe_rows, find_data_dir
 
     cfg = _cfg(config, set_, data_dir, dataset)
     info = describe(find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download),
                     cfg.data.dataset)
     if as_json:
         return print(json.dumps(info, indent=2))
+    counts, files = describe_rows(info)
     out.print(f"[bold]{info['dataset']}[/] in {escape(info['folder'])}")
-    table = Table("class", *(f"{s} (n={v['n']})" for s, v in info["splits"].items()))
-    for i, name in enumerate(info["classes"]):
-        table.add_row(f"{i} {name}", *(str(v["per_class"][i]) for v in info["splits"].values()))
-    table.add_row("pixel mean / std", *(f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
-                                        for v in info["splits"].values()))
-    files = Table("file", "sha256 (decompressed)", "verified")
-    for name, f in info["files"].items():
-        files.add_row(name, f["sha256"], {True: "[green]yes[/]", False: "[red]MISMATCH[/]",
-                                          None: "unknown"}[f["verified"]])
-    out.print(table, files)
+    _table(["class", *(f"{s} (n={v['n']})" for s, v in info["splits"].items())], counts)
+    _table(["file", "sha256 (decompressed)", "verified"], files)
 
 
 @data_app.command("preview")
 def data_preview(
-    out_path: Annotated[Path, _opt("--out", "-o", help="PNG file to write.",
-                                   show_default=True)] = Path("preview.png"),
-    per_class: Annotated[int, _opt("--n", help="Images per class (one row of n per class; 10 "
-                                   "classes give 10 n images).", show_default=True)] = 8,
-    split: Annotated[str, _opt("--split", help="train or test.", show_default=True)] = "train",
+    out_path: Annotated[P, _opt("--out", "-o", help="PNG file to write.", show_default=True)
+                        ] = Path("preview.png"),
+    per_class: Annotated[I, _opt("--n", help="Images per class, 1 to 100 (one row of n per "
+                                 "class).", show_default=True)] = 8,
+    split: Annotated[S, _opt("--split", help="train or test.", show_default=True)] = "train",
     scale: Scale = 2, config: Config = None, set_: Sets = None, data_dir: DataDir = None,
     dataset: Dataset = None,
 ) -> None:
@@ -231,68 +201,52 @@ def train(config: Config = None, set_: Sets = None, out_dir: OutDir = None, resu
     """Train a model into a run folder: checkpoints, log.jsonl, sample grids, loss.png.
 
     Multi-GPU: torchrun --nproc_per_node=N -m mnistdiff train ... (same global batch)."""
-    from . import training
     from .run import prepare_run
 
-    overrides = list(set_ or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir
-                                    else [])
-    cfg, run_dir, checkpoint = prepare_run(config, overrides, out_dir, resume)
-    _threads(threads)
-    _report_training(training.train(cfg, run_dir, resume=checkpoint, device=device,
-                                    progress=progress, console=out), run_dir, "train")
+    cfg, run_dir, checkpoint = prepare_run(config, _data_sets(set_, data_dir), out_dir, resume)
+    _train(cfg, run_dir, checkpoint, device, threads, progress, "train")
 
 
 @app.command()
 def distill(
-    teacher: Annotated[Optional[str], _opt("--teacher", "-t", metavar="NAME|PATH", help="The "
-                                           "teacher: a bundled model or a v-prediction "
-                                           "checkpoint (default: mnist).")] = None,
-    steps: Annotated[Optional[int], _opt("--steps", help="The student's network passes per "
-                                         "image, 1 to 4 (default: 2).")] = None,
-    config: Annotated[Optional[Path], _opt("--config", "-c", help="YAML with train / distill / "
-                                           "sample / eval / data sections (default: "
-                                           "distill.RECIPE).")] = None,
+    teacher: Annotated[O[S], _opt("--teacher", "-t", metavar="NAME|PATH", help="A bundled model "
+                                  "or a v-prediction checkpoint (default: mnist).")] = None,
+    steps: Annotated[O[I], _opt("--steps", help="The student's passes per image: 1, 2 or 4 "
+                                "(default: 2).")] = None,
+    config: Annotated[O[P], _opt("--config", "-c", help="YAML with train / distill / sample / "
+                                 "eval sections (default: distill.RECIPE).")] = None,
     set_: Sets = None, out_dir: OutDir = None, resume: Resume = None, device: Device = "auto",
-    data_dir: DataDir = None, threads: Threads = None, progress: Progress = True,
+    threads: Threads = None, progress: Progress = True,
 ) -> None:
     """Distill a teacher into a student that samples in --steps passes, guidance built in.
 
     The student is an ordinary checkpoint: sample, animate and evaluate use its stored sampler
     and steps. See distill.py for the method."""
-    from . import distill as distillation, training
+    from . import distill as distillation
 
-    overrides = list(set_ or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir
-                                    else [])
-    cfg, run_dir, checkpoint = distillation.prepare(teacher, steps, config, overrides, out_dir,
-                                                    resume)
+    cfg, run_dir, checkpoint = distillation.prepare(teacher, steps, config, list(set_ or []),
+                                                    out_dir, resume)
+    _train(cfg, run_dir, checkpoint, device, threads, progress, "distill")
+
+
+def _data_sets(sets: Optional[List[str]], data_dir: Optional[Path]) -> list[str]:
+    return list(sets or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir else [])
+
+
+def _train(cfg, run_dir: Path, checkpoint, device: str, threads, progress: bool,
+           command: str) -> None:
+    """Train (or distill), then the summary table."""
+    from .training import summary_rows, train
+
     _threads(threads)
-    _report_training(training.train(cfg, run_dir, resume=checkpoint, device=device,
-                                    progress=progress, console=out), run_dir, "distill")
-
-
-def _report_training(result, run_dir: Path, command: str) -> None:
-    """The summary table after ``train`` or ``distill``."""
+    result = train(cfg, run_dir, resume=checkpoint, device=device, progress=progress,
+                   console=out)
     if result.checkpoint is None:  # ranks > 0 of a torchrun job print nothing
         return
     if result.interrupted:
         out.print(f"[yellow]stopped at step {result.step} of {result.total_steps}[/]; "
                   f"continue with: mnistdiff {command} --resume {escape(str(run_dir))}")
-    table = Table(title="training summary", show_header=False)
-    minutes = result.train_seconds / 60
-    for name, value in [
-        ("run folder", str(run_dir)), ("checkpoint", str(result.checkpoint)),
-        ("steps", f"{result.step} / {result.total_steps}"),
-        ("images seen", f"{result.images_seen:,}"),
-        ("training time", (f"{result.train_seconds:.0f} s" if minutes < 2 else
-                           f"{minutes:.1f} min") + " (all sessions)"),
-        ("throughput", f"{result.images_per_s:,.0f} images/s (this session)"),
-        ("peak memory", f"{result.peak_memory_mb:,.0f} MiB"),
-        ("final loss", "-" if result.final_loss is None else f"{result.final_loss:.4f}"),
-        ("sampling uses", "the EMA weights (--no-ema for the raw ones)"
-         if result.sampling_weights == "ema" else "the raw weights (no EMA: train.ema_decay=0)"),
-    ]:
-        table.add_row(name, escape(value))
-    out.print(table)
+    _table(None, summary_rows(result), title="training summary")
 
 
 # --------------------------------------------------------------------------------- sample, animate
@@ -300,28 +254,25 @@ def _report_training(result, run_dir: Path, command: str) -> None:
 @app.command()
 def sample(
     checkpoint: Checkpoint = None, digit: Digit = None, digits: Digits = None, all_: All = False,
-    n: Annotated[int, _opt("--n", help="Images per digit, or per class (--all: 10 n images in "
-                           "total).",
-                           show_default=True)] = 16,
+    n: Annotated[I, _opt("--n", help="Images per digit, or per class (--all: 10 n in total).",
+                         show_default=True)] = 16,
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None, eta: Eta = None,
     seed: Seed = None, guidance_interval: Interval = None, spacing: Spacing = None,
     batch_size: BatchSize = None,
-    out_path: Annotated[Path, _opt("--out", "-o", help="Grid PNG to write.",
-                                   show_default=True)] = Path("samples.png"),
-    npz: Annotated[Optional[Path], _opt("--npz", help="Also write the images as NPZ: images "
-                                        "uint8 (N,28,28), labels int64 (N,).")] = None,
-    individual: Annotated[Optional[Path], _opt("--individual", metavar="DIR", help="Also write "
-                                               "one PNG per image into DIR.")] = None,
+    out_path: Annotated[P, _opt("--out", "-o", help="Grid PNG to write.", show_default=True)
+                        ] = Path("samples.png"),
+    npz: Annotated[O[P], _opt("--npz", help="Also the images as NPZ: images uint8 (N,28,28), "
+                              "labels int64 (N,).")] = None,
+    individual: Annotated[O[P], _opt("--individual", metavar="DIR", help="Also one PNG per "
+                                     "image into DIR.")] = None,
     scale: Scale = 2, device: Device = "auto", ema: Ema = True, threads: Threads = None,
-    init_image: Annotated[Optional[Path], _opt("--init-image", help="Complete this drawing "
-                                               "(28x28 grey PNG, white strokes on black): "
-                                               "inpainting keeps its pixels where --mask is "
-                                               "set.")] = None,
-    mask: Annotated[Optional[Path], _opt("--mask", help="PNG, white = keep the --init-image "
-                                         "pixel (default: its non-black pixels).")] = None,
-    resample: Annotated[int, _opt("--resample", help="RePaint resampling: redo each inpainting "
-                                  "step this many times, 1 to 20 (costs as many times the "
-                                  "time).", show_default=True)] = 1,
+    init_image: Annotated[O[P], _opt("--init-image", help="Complete this drawing (28x28 grey "
+                                     "PNG, white on black), keeping its pixels where --mask "
+                                     "is set.")] = None,
+    mask: Annotated[O[P], _opt("--mask", help="PNG, white = keep the --init-image pixel "
+                               "(default: its non-black pixels).")] = None,
+    resample: Annotated[I, _opt("--resample", help="RePaint: redo each inpainting step this "
+                                "many times, 1 to 20.", show_default=True)] = 1,
 ) -> None:
     """Generate digits: a grid PNG (one labelled row per class, or a square grid for one class).
 
@@ -332,23 +283,12 @@ def sample(
         mask=mask, resample=resample, checkpoint=checkpoint,
         **_settings(sampler, steps, guidance, eta, seed, guidance_interval, spacing))
     _open(job, checkpoint, device, ema, threads)
-    with _step_progress(job.total * job.s.steps) as advance:
-        _report(job.run(on_step=advance))
-
-
-def _step_progress(total: int):
-    """A progress bar on stderr (when it is a terminal) that advances with every sampler step
-    of every batch: on_step(info) counts the batch's images once per step."""
-    import contextlib
-
     from rich.progress import Progress as Bar
 
-    @contextlib.contextmanager
-    def bar():
-        with Bar(console=err, transient=True, disable=not err.is_terminal) as b:
-            task = b.add_task("sampling", total=total)
-            yield lambda info: b.advance(task, len(info["labels"]))
-    return bar()
+    with Bar(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("sampling", total=job.total * job.s.steps)  # advances every step
+        result = job.run(on_step=lambda info: bar.advance(task, len(info["labels"])))
+    _report(result)
 
 
 @app.command()
@@ -356,17 +296,17 @@ def animate(
     checkpoint: Checkpoint = None, digit: Digit = None, digits: Digits = None, all_: All = False,
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None, eta: Eta = None,
     seed: Seed = None, guidance_interval: Interval = None, spacing: Spacing = None,
-    frames: Annotated[Optional[int], _opt("--frames", help="Frames, denser near the end "
-                                          "(default: steps + 1, at most 30).")] = None,
-    fps: Annotated[float, _opt("--fps", help="Frames per second, 0.1 to 50.",
-                               show_default=True)] = 10.0,
-    hold: Annotated[float, _opt("--hold", help="Seconds the final frame stays on screen, 0 to "
-                                "60.", show_default=True)] = 1.0,
+    frames: Annotated[O[I], _opt("--frames", help="Frames, denser near the end (default: steps "
+                                 "+ 1, at most 30).")] = None,
+    fps: Annotated[F, _opt("--fps", help="Frames per second, 0.1 to 50.", show_default=True)
+                   ] = 10.0,
+    hold: Annotated[F, _opt("--hold", help="Seconds the last frame stays, 0 to 60.",
+                            show_default=True)] = 1.0,
     scale: Scale = 4,
-    out_path: Annotated[Path, _opt("--out", "-o", help="GIF to write (.mp4 with imageio's ffmpeg "
-                                   "plugin).", show_default=True)] = Path("denoise.gif"),
-    strip: Annotated[Optional[Path], _opt("--strip", help="Also write the frames as one PNG: a "
-                                          "row per class, a column per frame.")] = None,
+    out_path: Annotated[P, _opt("--out", "-o", help="GIF to write (.mp4 with imageio's ffmpeg "
+                                "plugin).", show_default=True)] = Path("denoise.gif"),
+    strip: Annotated[O[P], _opt("--strip", help="Also the frames as one PNG: a row per class, "
+                                "a column per frame.")] = None,
     device: Device = "auto", ema: Ema = True, threads: Threads = None,
 ) -> None:
     """Animate the reverse process, from pure noise to digits side by side."""
@@ -381,8 +321,8 @@ def animate(
 
 @app.command()
 def summarize(checkpoint: Checkpoint = None, config: Config = None, set_: Sets = None,
-              depth: Annotated[int, _opt("--depth", help="Module nesting depth to list, 1 to "
-                                         "10.", show_default=True)] = 2,
+              depth: Annotated[I, _opt("--depth", help="Module nesting depth to list, 1 to 10.",
+                                       show_default=True)] = 2,
               as_json: Json = False) -> None:
     """Layers, shapes, parameters and MACs of the U-Net, and how a checkpoint was trained."""
     from . import models
@@ -391,60 +331,51 @@ def summarize(checkpoint: Checkpoint = None, config: Config = None, set_: Sets =
     if checkpoint is not None and (config is not None or set_):
         raise MnistdiffError("--checkpoint and --config/--set exclude each other; use one of them")
     if config is not None or set_:
-        from .unet import build_model
-
-        cfg = _cfg(config, set_)
-        summary, info = models.summary(model=build_model(cfg.model), config=cfg, depth=depth), None
+        cfg, info = _cfg(config, set_), None
+        summary = models.summary(config=cfg, depth=depth)
     else:
         loaded = models.read(checkpoint)
         summary, cfg, info = models.summary(loaded, depth=depth), loaded.config, loaded.info
     if as_json:
         return print(json.dumps(summary, indent=2))
-    table = Table("layer", "type", "output shape", "parameters", title="ConditionalUNet")
-    for layer in summary["layers"]:
-        shape = "x".join(map(str, layer["output_shape"])) if layer["output_shape"] else "--"
-        table.add_row("  " * (layer["depth"] - 1) + layer["name"], layer["type"], shape,
-                      f"{layer['parameters']:,}")
-    out.print(table)
+    _table(["layer", "type", "output shape", "parameters"], models.layer_rows(summary),
+           title="ConditionalUNet")
     if info is not None:
         out.print(f"model: {escape(info['source'])}")
-    facts = Table(show_header=False, box=None)
-    for key, value in models.facts(cfg, info, summary):
-        facts.add_row(f"[bold]{key}[/]", escape(value))
-    out.print(facts)
+    _table(None, models.facts(cfg, info, summary), box=None)
 
 
 @app.command()
 def evaluate(
     checkpoint: Checkpoint = None,
-    n: Annotated[Optional[int], _opt("--n", help="Samples to generate in total, balanced across "
-                                     "classes: rounded to a multiple of the class count, which "
-                                     "is said (default: the model's eval.n).")] = None,
+    n: Annotated[O[I], _opt("--n", help="Samples in total, balanced across classes (rounded to "
+                            "a multiple of the class count, which is said; default: eval.n).")
+                 ] = None,
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None,
-    sweep: Annotated[Optional[str], _opt("--guidance-sweep", metavar="0,1,2,3", help="Evaluate "
-                                         "several guidance scales; also plots them.")] = None,
+    sweep: Annotated[O[S], _opt("--guidance-sweep", metavar="0,1,2,3", help="Evaluate several "
+                                "guidance scales; also plots them.")] = None,
     eta: Eta = None, seed: Seed = None, guidance_interval: Interval = None,
     spacing: Spacing = None,
-    samples: Annotated[Optional[Path], _opt("--samples", help="Score an existing NPZ (images "
-                                            "uint8 (N,28,28), labels (N,)) instead of sampling "
-                                            "a model.")] = None,
+    samples: Annotated[O[P], _opt("--samples", help="Score an NPZ of samples (images uint8 "
+                                  "(N,28,28), labels (N,)) instead of a model.")] = None,
     dataset: Dataset = None,
-    out_path: Annotated[Optional[Path], _opt("--out", "-o", help="JSON report to write "
-                                             "(default: report.json, or for a run its "
-                                             "reports/ folder).")] = None,
+    out_path: Annotated[O[P], _opt("--out", "-o", help="JSON report (default: report.json; for "
+                                   "a run, its reports/ folder).")] = None,
     floor: Annotated[bool, _flag("--floor/--no-floor", help="Also score n real training images "
-                                "(the best a generator can hope for; default: yes).")] = True,
+                                 "(the best a generator can do; default).")] = True,
     batch_size: BatchSize = None,
-    cas: Annotated[bool, _flag("--cas", help="Also the Classification Accuracy Score: train the "
-                              "reference classifier on the samples, test it on real test images, "
-                              "next to the same classifier trained on as many real ones.")] = False,
-    cas_epochs: Annotated[int, _opt("--cas-epochs", help="Training epochs of each --cas "
-                                    "classifier.", show_default=True)] = 10,
-    npz: Annotated[Optional[Path], _opt("--npz", help="Also save the generated images as NPZ "
-                                        "(one guidance setting only).")] = None,
+    cas: Annotated[bool, _flag("--cas", help="Also the Classification Accuracy Score: the "
+                               "classifier trained on the samples, tested on real test images, "
+                               "next to it trained on as many real ones.")] = False,
+    cas_epochs: Annotated[I, _opt("--cas-epochs", help="Training epochs of each --cas "
+                                  "classifier.", show_default=True)] = 10,
+    npz: Annotated[O[P], _opt("--npz", help="Also save the samples as NPZ (one guidance "
+                              "setting only).")] = None,
     data_dir: DataDir = None, device: Device = "auto", ema: Ema = True, threads: Threads = None,
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
+    from .evaluation import notes, table
+
     job = jobs.EvaluateJob.from_values(
         n=n, scales=jobs.parse_sweep(guidance, sweep), samples=samples, dataset=dataset,
         data_dir=data_dir, out=out_path, floor=floor, batch_size=batch_size, cas=cas,
@@ -456,87 +387,71 @@ def evaluate(
         _threads(threads)
         job.bind(None)
     result = job.run(say=lambda line: err.print(escape(line)))
-    _print_evaluation(job, result.extra)
-    _report(jobs.Result(result.files, ""))
-
-
-def _print_evaluation(job, r: dict) -> None:
-    """A row per setting, the real floor, each row's weakest class, the CAS."""
-    table = Table("", "n", "accuracy", "FID", "x floor", "precision", "recall", "NFE", "s / 100",
-                  title=f"{job.reference.dataset}: classifier features, FID vs the test set, "
-                        f"k = {r['k']}")
-    floor = r["floor"]
-    for row in r["rows"]:
-        name = f"guidance {row['guidance']:g}" if "guidance" in row else str(job.samples)
-        ratio = f"{row['fid'] / floor['fid']:.2f}x" if floor else "-"
-        table.add_row(name, str(row["n"]), f"{row['accuracy']:.2%}", f"{row['fid']:.3f}", ratio,
-                      f"{row['precision']:.3f}", f"{row['recall']:.3f}", str(row.get("nfe", "-")),
-                      f"{row['seconds_per_100']:.2f}" if "seconds_per_100" in row else "-")
-    if floor is not None:
-        table.add_row("real (train)", str(floor["n"]), f"{floor['accuracy']:.2%}",
-                      f"{floor['fid']:.3f}", "1x", f"{floor['precision']:.3f}",
-                      f"{floor['recall']:.3f}", "-", "-", style="dim")
-    out.print(table)
-    for row in r["rows"]:
-        known = [c for c in row["per_class"] if c["accuracy"] is not None]
-        if known:
-            worst = min(known, key=lambda c: c["accuracy"])
-            where = f" (guidance {row['guidance']:g})" if len(r["rows"]) > 1 else ""
-            out.print(f"lowest class accuracy{where}: {escape(worst['class'])} "
-                      f"{worst['accuracy']:.2%}")
-    if r["cas"] is not None:
-        c = r["cas"]
-        out.print(f"classification accuracy score (n = {c['n']}, {c['epochs']} epochs): "
-                  f"{c['generated']:.2%} trained on samples, {c['real']:.2%} trained on real "
-                  f"images")
+    r = result.extra
+    _table(*table(r["rows"], r["floor"], str(job.samples)),
+           title=f"{job.reference.dataset}: classifier features, FID vs the test set, k = {r['k']}")
+    for line in notes(r["rows"], r["cas"]):
+        out.print(escape(line))
+    _report(result)
 
 
 # --------------------------------------------------------------------------------- ui, doctor
 
 @app.command()
 def ui(
-    checkpoint: Annotated[Optional[str], _opt("--checkpoint", "-k", metavar="NAME|PATH",
-                                              help="The model the page opens on (default: the "
-                                              "bundled default); the page also lists the "
-                                              "bundled models and the runs under --runs-dir.")
-                          ] = None,
-    host: Annotated[str, _opt("--host", help="Address to serve on; loopback keeps the page on "
-                              "this machine.", show_default=True)] = "127.0.0.1",
-    port: Annotated[int, _opt("--port", help="Port (0: a free one).", show_default=True)] = 0,
-    browser: Annotated[bool, _flag("--browser/--no-browser", help="Open the page in the default "
-                                  "web browser (default: yes).")] = True,
-    runs_dir: Annotated[Path, _opt("--runs-dir", help="Folder of runs to offer.",
-                                   show_default=True)] = Path("runs"),
-    models_dir: Annotated[Optional[Path], typer.Option("--models-dir", hidden=True)] = None,
+    checkpoint: Annotated[O[S], _opt("--checkpoint", "-k", metavar="NAME|PATH", help="The model "
+                                     "the page opens on (default: the bundled default); it also "
+                                     "offers the bundled models and the runs.")] = None,
+    host: Annotated[S, _opt("--host", help="Address to serve on; loopback keeps the page on "
+                            "this machine.", show_default=True)] = "127.0.0.1",
+    port: Annotated[I, _opt("--port", help="Port (0: a free one).", show_default=True)] = 0,
+    browser: Annotated[bool, _flag("--browser/--no-browser", help="Open the page in the web "
+                                   "browser (default).")] = True,
+    runs_dir: Annotated[P, _opt("--runs-dir", help="Folder of runs to offer.", show_default=True)
+                        ] = Path("runs"),
+    models_dir: Annotated[O[P], typer.Option("--models-dir", hidden=True)] = None,
     device: Device = "auto", threads: Threads = None,
     verbose: Annotated[bool, _flag("--verbose", help="Log every request.")] = False,
 ) -> None:
     """A local web page: make digits and watch them denoise, complete a drawing, morph between
     seeds or digits, read the model card. Offline; Ctrl-C stops it."""
-    from .models import MODELS_DIR
-    from .ui import make_server, serve
+    from .ui import run
 
     jobs.whole("--port", port, (0, 65535))
     _threads(threads)
-    server = make_server(host, port, checkpoint=checkpoint, runs_dir=runs_dir,
-                         models_dir=models_dir or MODELS_DIR, device=device, verbose=verbose)
-    serve(server, browser=browser, say=lambda line: out.print(escape(line)))
+    run(host, port, checkpoint=checkpoint, runs_dir=runs_dir, models_dir=models_dir,
+        device=device, verbose=verbose, browser=browser, say=lambda line: out.print(escape(line)))
 
 
 @app.command()
 def doctor() -> None:
-    """Check this installation: versions, devices, threads, data, bundled files (one line each;
-    exit status 1 when something is broken)."""
-    from .doctor import checks
+    """Check this installation: versions, devices, threads, data, bundled files (one line
+    each; exit status 1 when something is broken)."""
+    from .doctor import report
 
-    broken = False
-    for item in checks():
-        out.print(escape(str(item)))
-        broken |= item.status == "FAIL"
-    raise typer.Exit(1 if broken else 0)
+    raise typer.Exit(report(lambda line: out.print(escape(line))))
 
 
 # --------------------------------------------------------------------------------- entry point
+
+def _quiet_help_option() -> None:
+    """--help is a flag: no value label for it either (Typer shows '<bool>')."""
+    try:
+        from typer._click.core import Command
+    except ImportError:  # another Typer layout: its --help keeps the label
+        return
+    get = Command.get_help_option
+
+    def help_option(self, ctx):
+        option = get(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    Command.get_help_option = help_option
+
+
+_quiet_help_option()
+
 
 def _stop(signum, frame) -> None:
     """SIGTERM / SIGHUP end a command the way Ctrl-C does: every temp file is removed."""
@@ -559,8 +474,7 @@ def main() -> None:
     except OSError as e:  # a full disk in a write not made through files.py: still one line
         if _state["debug"] or e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             raise
-        where = f" while writing {e.filename}" if e.filename else ""
-        _error(f"{e.strerror}{where}")
+        _error(f"{e.strerror}" + (f" while writing {e.filename}" if e.filename else ""))
 
 
 def _error(message: str) -> None:

@@ -473,3 +473,16 @@ def describe(folder: str | Path, dataset: str = "mnist") -> dict:
             "pixel_std": pixels.std().item(),
         }
     return out
+
+
+def describe_rows(info: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """``describe``'s result as two tables: per-class counts (and pixel statistics) per split,
+    and the files with their checksums."""
+    splits = info["splits"].values()
+    counts = [[f"{i} {name}", *(str(v["per_class"][i]) for v in splits)]
+              for i, name in enumerate(info["classes"])]
+    counts.append(["pixel mean / std", *(f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
+                                         for v in splits)])
+    files = [[name, f["sha256"], {True: "yes", False: "MISMATCH", None: "unknown"}[f["verified"]]]
+             for name, f in info["files"].items()]
+    return counts, files

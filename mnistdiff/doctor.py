@@ -63,6 +63,15 @@ def torchvision_problem() -> str | None:
     return None
 
 
+def report(say) -> int:
+    """Say every item, one line each; the exit status: 1 when one of them is broken."""
+    broken = False
+    for item in checks():
+        say(str(item))
+        broken |= item.status == "FAIL"
+    return 1 if broken else 0
+
+
 def checks() -> Iterator[Item]:
     """Every item, in order; each check catches its own failure."""
     from . import __version__

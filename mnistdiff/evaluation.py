@@ -346,6 +346,40 @@ def sample_and_score(pipe, per_class: int, settings: Sequence, reference: Refere
     return rows, images, labels
 
 
+def table(rows: list[dict], floor: dict | None, name: str = "samples") -> tuple[list, list]:
+    """``evaluate``'s table in words: (columns, rows), a row per setting, then the real floor;
+    FID also as a multiple of the floor's (the quality bar is stated that way)."""
+    columns = ["", "n", "accuracy", "FID", "x floor", "precision", "recall", "NFE", "s / 100"]
+    out = []
+    for r in rows:
+        out.append([f"guidance {r['guidance']:g}" if "guidance" in r else name, str(r["n"]),
+                    f"{r['accuracy']:.2%}", f"{r['fid']:.3f}",
+                    f"{r['fid'] / floor['fid']:.2f}x" if floor else "-", f"{r['precision']:.3f}",
+                    f"{r['recall']:.3f}", str(r.get("nfe", "-")),
+                    f"{r['seconds_per_100']:.2f}" if "seconds_per_100" in r else "-"])
+    if floor is not None:
+        out.append(["real (train)", str(floor["n"]), f"{floor['accuracy']:.2%}",
+                    f"{floor['fid']:.3f}", "1x", f"{floor['precision']:.3f}",
+                    f"{floor['recall']:.3f}", "-", "-"])
+    return columns, out
+
+
+def notes(rows: list[dict], cas: dict | None) -> list[str]:
+    """The lines under ``evaluate``'s table: each setting's weakest class, the CAS."""
+    lines = []
+    for r in rows:
+        known = [c for c in r["per_class"] if c["accuracy"] is not None]
+        if known:
+            worst = min(known, key=lambda c: c["accuracy"])
+            where = f" (guidance {r['guidance']:g})" if len(rows) > 1 and "guidance" in r else ""
+            lines.append(f"lowest class accuracy{where}: {worst['class']} {worst['accuracy']:.2%}")
+    if cas is not None:
+        lines.append(f"classification accuracy score (n = {cas['n']}, {cas['epochs']} epochs): "
+                     f"{cas['generated']:.2%} trained on samples, {cas['real']:.2%} trained on "
+                     f"real images")
+    return lines
+
+
 def write_json(data: dict, path: str | Path) -> Path:
     """Write JSON atomically (see files.write_atomic)."""
     return write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

@@ -352,7 +352,7 @@ def summary(loaded: Loaded | None = None, *, model: nn.Module | None = None,
             config: Config | None = None, depth: int = 2) -> dict:
     """torchinfo's view of the network on one image (layers, output shapes, parameters,
     multiply-accumulates) with what the config and the checkpoint say about training: of a
-    read model, or of ``model`` built from ``config`` alone (``summarize -c``)."""
+    read model, or of ``model`` (default: built from ``config`` alone, ``summarize -c``)."""
     import dataclasses
 
     import torch
@@ -360,9 +360,11 @@ def summary(loaded: Loaded | None = None, *, model: nn.Module | None = None,
 
     from .unet import IMAGE_SIZE, count_parameters
 
+    from .unet import build_model
+
     if loaded is not None:
         model, config = loaded.model, loaded.config
-    model = model.to("cpu").eval()
+    model = (build_model(config.model) if model is None else model).to("cpu").eval()
     inputs = [torch.zeros(1, config.model.in_channels, IMAGE_SIZE, IMAGE_SIZE),
               torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)]  # x, t, y
     stats = torchinfo.summary(model, input_data=inputs, depth=depth, verbose=0)
@@ -394,6 +396,14 @@ def summary(loaded: Loaded | None = None, *, model: nn.Module | None = None,
         "distilled_from": dataclasses.asdict(config.distill) if config.distill.teacher else None,
         "checkpoint": None if loaded is None else loaded.info,
     }
+
+
+def layer_rows(summary_: dict) -> list[list[str]]:
+    """The layers of :func:`summary` as table rows: name (indented by depth), type, output
+    shape, parameters."""
+    return [["  " * (layer["depth"] - 1) + layer["name"], layer["type"],
+             "x".join(map(str, layer["output_shape"])) if layer["output_shape"] else "--",
+             f"{layer['parameters']:,}"] for layer in summary_["layers"]]
 
 
 def facts(config: Config, info: dict | None, summary_: dict | None = None) -> list[tuple[str, str]]:

@@ -90,6 +90,22 @@ class TrainResult:
     sampling_weights: str = "raw"  # what sample / evaluate use by default: "ema" or "raw"
 
 
+def summary_rows(result: TrainResult) -> list[tuple[str, str]]:
+    """What ``train`` and ``distill`` print when they end, one (name, value) row each."""
+    minutes = result.train_seconds / 60
+    return [
+        ("run folder", str(result.out_dir)), ("checkpoint", str(result.checkpoint)),
+        ("steps", f"{result.step} / {result.total_steps}"),
+        ("images seen", f"{result.images_seen:,}"),
+        ("training time", (f"{result.train_seconds:.0f} s" if minutes < 2 else
+                           f"{minutes:.1f} min") + " (all sessions)"),
+        ("throughput", f"{result.images_per_s:,.0f} images/s (this session)"),
+        ("peak memory", f"{result.peak_memory_mb:,.0f} MiB"),
+        ("final loss", "-" if result.final_loss is None else f"{result.final_loss:.4f}"),
+        ("sampling uses", "the EMA weights (--no-ema for the raw ones)"
+         if result.sampling_weights == "ema" else "the raw weights (no EMA: train.ema_decay=0)")]
+
+
 # --------------------------------------------------------------------------------- runtime
 
 def cpu_has_bf16() -> bool:

@@ -590,6 +590,13 @@ def make_server(host: str = "127.0.0.1", port: int = 0, *, checkpoint: str | Pat
         raise
 
 
+def run(host: str, port: int, *, browser: bool = True, say: Callable[[str], None] = print,
+        models_dir: Path | None = None, **kwargs) -> None:
+    """``mnistdiff ui``: make the server (``make_server``'s keywords), then serve until Ctrl-C."""
+    serve(make_server(host, port, models_dir=models_dir or MODELS_DIR, **kwargs),
+          browser=browser, say=say)
+
+
 def serve(server: Server, *, browser: bool = True, say: Callable[[str], None] = print) -> None:
     """Serve until Ctrl-C, optionally opening the page in the default browser."""
     say(f"mnistdiff ui: serving {server.url}  (model: {server.app.default}; Ctrl-C stops)")

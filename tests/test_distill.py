@@ -198,7 +198,7 @@ def test_distill_end_to_end_and_the_student_samples_with_its_steps(v_teacher, sy
                                                                    tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["distill", "--teacher", str(v_teacher), "--steps", "2", "--device", "cpu",
-            "--no-progress", "-o", "runs/student", "--data-dir", str(synthetic_dir),
+            "--no-progress", "-o", "runs/student",
             "-s", "data.verify=false", "-s", "data.download=false", "-s", "train.batch_size=8",
             "-s", "train.max_steps=3", "-s", "train.sample_every=0", "-s", "train.log_every=1",
             "-s", "distill.trajectories=20"]
@@ -253,7 +253,7 @@ def test_the_student_starts_as_its_teacher(v_teacher, synthetic_dir, tmp_path):
 def test_distill_errors_are_one_line(v_teacher, tiny_checkpoint, synthetic_dir, tmp_path,
                                      monkeypatch):
     monkeypatch.chdir(tmp_path)
-    base = ["distill", "--device", "cpu", "--no-progress", "--data-dir", str(synthetic_dir)]
+    base = ["distill", "--device", "cpu", "--no-progress"]
 
     def fails(*args):  # main() prints a MnistdiffError as one "error: ..." line, exit 1
         result = runner.invoke(app, [*base, *args])
