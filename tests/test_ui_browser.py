@@ -80,6 +80,36 @@ def fill(page, form: str, **fields) -> None:
             field.fill(str(value))
 
 
+def no_broken_images(page) -> bool:
+    """No visible <img> shows a broken-image icon (no source, or one that did not load)."""
+    return page.evaluate("""() => Array.from(document.images)
+        .filter((img) => img.offsetParent !== null)
+        .every((img) => img.complete && img.naturalWidth > 0)""")
+
+
+def test_the_page_loads_without_placeholders_on_any_tab(page):
+    for tab in ("Make", "Complete my drawing", "Morph", "Model card"):
+        page.get_by_role("tab", name=tab).click()
+        assert no_broken_images(page), tab
+
+
+def test_live_make_regenerates_when_a_control_changes(page):
+    """Live on (the default for a model of a few steps): changing the digit makes again, no
+    click, and the grid shows the new digit."""
+    from playwright.sync_api import expect
+
+    fill(page, "#make-form", digits="3", n=2, steps=2, seed=0)
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#make[data-state='done']", timeout=WAIT)
+    page.locator("#live").check()
+    result = page.locator("#make .result")
+    page.locator("#make-form [name=digits]").fill("8")  # an input event, no click
+    expect(result).to_have_attribute("data-labels", "8,8", timeout=WAIT)
+    page.locator("#make-form [name=seed]").fill("5")
+    expect(page.locator("#make .command")).to_contain_text("--seed 5", timeout=WAIT)
+    expect(result).to_have_attribute("data-labels", "8,8", timeout=WAIT)
+
+
 def test_the_page_loads_with_the_models_and_the_card(page):
     from playwright.sync_api import expect
 
@@ -167,13 +197,15 @@ def test_bad_input_shows_a_message_and_the_server_keeps_serving(page, server):
     for fields, message in (
         ({"digits": "0,1,2,3,4,5,6,7,8,9,1"}, "too many digits: 11 asked for, at most 10 at once"),
         ({"digits": "3", "steps": 0}, "steps: got 0, must be an integer between 1 and 50"),
-        ({"steps": 10, "n": 500}, "how many: got 500, must be between 1 and 32"),
+        ({"steps": 10, "n": 500}, "how many: got 500, must be between 1 and 64"),
     ):
         fill(page, "#make-form", **fields)
         page.get_by_role("button", name="Generate").click()
         page.wait_for_selector("#make[data-state='error']", timeout=WAIT)
         assert error.is_visible() and message in error.inner_text()
         assert "Traceback" not in page.content()
+        assert no_broken_images(page)  # the last result's pictures do not stay under the message
+        assert not page.locator("#make .result").is_visible()
         fill(page, "#make-form", n=1)
     page.get_by_role("tab", name="Complete my drawing").click()
     page.get_by_role("button", name="Complete").click()  # nothing drawn
