@@ -125,11 +125,12 @@ class Handler(BaseHTTPRequestHandler):
             length = -1
         if not 0 < length <= MAX_BODY:
             raise MnistdiffError(f"the request must be JSON of at most {MAX_BODY} bytes")
-        self.connection.settimeout(BODY_SECONDS)
+        self.connection.settimeout(self.server.body_seconds)
         try:
             raw = self.rfile.read(length)
         except (TimeoutError, socket.timeout):
-            raise MnistdiffError(f"the request body did not arrive within {BODY_SECONDS} s "
+            raise MnistdiffError(f"the request body did not arrive within "
+                                 f"{self.server.body_seconds:g} s "
                                  f"(Content-Length {length})") from None
         finally:
             self.connection.settimeout(self.timeout)
@@ -229,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
             self.wfile.flush()
 
-        self.connection.settimeout(STALL_SECONDS)
+        self.connection.settimeout(self.server.stall_seconds)
         try:
             with self.app.busy:
                 result = work(emit)
@@ -253,6 +254,7 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # 20 pages opening at once queue for the one sampling job
+    body_seconds, stall_seconds = BODY_SECONDS, STALL_SECONDS
 
     def __init__(self, app: App, host: str, port: int, verbose: bool = False):
         self.app, self.verbose = app, verbose
