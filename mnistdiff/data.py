@@ -286,6 +286,12 @@ def _download(spec: DatasetSpec, root: Path, searched: str) -> Path:
     import shutil
     import tempfile
 
+    from .doctor import torchvision_problem
+
+    problem = torchvision_problem()  # a mismatched torchvision raises deep in its import
+    if problem is not None:
+        raise DataError(f"{spec.name} not found (looked in {searched}) and it cannot be "
+                        f"downloaded: {problem}")
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, spec.torchvision_class)
