@@ -167,11 +167,8 @@ class DistillConfig:
     guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: the teacher's guidance interval "
                                         "(as sample.guidance_interval)", lo=0.0, hi=1.0)
     teacher_steps: int = _f(20, "DPM-Solver++ steps of the teacher's solve that the student "
-                                "learns (its grid must pass through the student's timesteps)",
-                            lo=2, hi=10000)
-    teacher_spacing: str = _f("trailing", "the spacing of the teacher's steps (trailing: 20 "
-                                          "of them pass through the 1-, 2- and 4-step grids)",
-                              registry="samplers:SPACINGS")
+                                "learns, evenly spread between the student's timesteps (a "
+                                "multiple of 4)", lo=2, hi=10000)
     trajectories: int = _f(20000, "teacher trajectories (noise to digit) to learn from, "
                                   "computed once and cached", lo=10, hi=1_000_000)
     seed: int = _f(1000, "seed of the trajectories' starting noise: shard j draws image i "

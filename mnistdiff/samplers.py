@@ -124,7 +124,12 @@ class Grid(NamedTuple):
 
 def step_grid(schedule: Schedule, steps: int, spacing: str = "linspace") -> Grid:
     """The grid of ``timesteps(schedule.T, steps, spacing, schedule)`` on ``schedule``."""
-    ts = timesteps(schedule.T, steps, spacing, schedule)
+    return grid_of(schedule, timesteps(schedule.T, steps, spacing, schedule))
+
+
+def grid_of(schedule: Schedule, ts: Tensor | list[int]) -> Grid:
+    """The grid of given timesteps (descending, distinct) on ``schedule``."""
+    ts = torch.as_tensor(ts, dtype=torch.long)
     alphas = schedule.sqrt_ab.cpu()[ts].tolist() + [1.0]
     sigmas = schedule.sqrt_1m_ab.cpu()[ts].tolist() + [0.0]
     return Grid(ts.tolist(), alphas, sigmas, schedule.T)

@@ -125,7 +125,7 @@ def test_gaussian_trajectories_follow_the_exact_ode(monkeypatch, tmp_path):
 
 def test_a_one_step_student_learns_the_gaussians_exact_map(monkeypatch, tmp_path):
     """Trajectory distillation on the closed-form teacher: the affine student's one step from
-    fresh noise lands where the teacher's 20 steps do (``endpoint``), within a few per cent."""
+    fresh noise lands where the teacher's 20 steps do, within a few per cent of s."""
     monkeypatch.setenv("MNISTDIFF_CACHE", str(tmp_path))
     cfg, schedule, teacher, mu, std = gaussian_setup()
     cfg.sample.steps = 1
@@ -141,11 +141,26 @@ def test_a_one_step_student_learns_the_gaussians_exact_map(monkeypatch, tmp_path
             opt.zero_grad()
             loss(student, idx, k).backward()
             opt.step()
-    z = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(9))
+    # fresh noise, unseen in training: the student's one DDIM step lands where the teacher's
+    # 20 steps on the same grid do, and near the exact map μ + s z
+    pipe = Pipeline(teacher, cfg, device="cpu")
+    fresh = distill.teacher_trajectories(pipe, pipe.settings(), torch.zeros(64, dtype=torch.long),
+                                         99, [187, 124, 61], loader.cache.grid)
+    z, teacher_x0 = fresh[0].clone(), fresh[-1].clone()  # (made under inference_mode)
     t = torch.full((64,), 249)
     a, s = schedule.sqrt_ab[249], schedule.sqrt_1m_ab[249]
     x_hat = a * z - s * student(z, t, None).detach()  # x0 of the student's one DDIM step
-    assert ((x_hat - endpoint(schedule, mu, std, z)).abs() / std).mean() < 0.05
+    assert ((x_hat - teacher_x0).abs() / std).mean() < 0.05
+    assert ((teacher_x0 - (mu + std * z).clamp(-1, 1)).abs() / std).mean() < 0.2
+
+
+def test_the_teachers_grid_is_even_between_the_students_timesteps_and_ends_at_0():
+    schedule = make_schedule("cosine", 250)
+    grid = distill.teacher_grid(schedule, 20, [187, 124, 61])
+    assert grid.ts == [249, 237, 224, 212, 199, 187, 174, 162, 149, 137, 124, 111, 99, 86, 74,
+                       61, 46, 30, 15, 0]
+    with pytest.raises(MnistdiffError, match="distill.teacher_steps: got 18, must be a multiple"):
+        distill.teacher_grid(schedule, 18, [187, 124, 61])
 
 
 def test_a_student_grid_off_the_teachers_is_refused(tmp_path, monkeypatch):
