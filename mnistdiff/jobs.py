@@ -650,7 +650,7 @@ class EvaluateJob:
             if self.npz is not None:
                 save_npz_samples(self.npz, images, labels)
         files = [p for p in (self.out, self.npz, self.plot) if p is not None]
-        return Result(files, f"{len(rows)} setting(s) scored", "",
+        return Result(files, "", "",
                       {"rows": rows, "floor": floor, "cas": cas, "k": k})
 
 

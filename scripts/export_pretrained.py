@@ -7,7 +7,7 @@
         --report default=reports/mnist-n10000.json --report fast=reports/mnist-fast-n2000.json
 
 Writes the weights (EMA only), the model card and the manifest entry through
-``pretrained.bundle``. The card holds the exact training command and config file, steps, images
+``models.bundle``. The card holds the exact training command and config file, steps, images
 seen, device, wall time and the metrics of every ``mnistdiff evaluate`` report given (each
 labelled, with its real floor at the same n and its classification accuracy score).
 Sampler defaults can be changed with --sampler/--steps/--spacing/--guidance/--guidance-interval
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mnistdiff.checkpoint import load_checkpoint, resolve_checkpoint
-from mnistdiff.pretrained import MODELS_DIR, bundle
+from mnistdiff.models import MODELS_DIR, bundle
 
 METRICS = ("n", "accuracy", "fid", "precision", "recall")
 
@@ -103,8 +103,9 @@ def main() -> None:
                                 ("guidance", args.guidance), ("guidance_interval", interval))
               if v is not None}
     entry = bundle(path, args.name, card, sample=sample or None, half=args.half, models_dir=Path(args.out))
-    print(f"bundled {path} as '{args.name}': {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, "
-          f"sha256 {entry['sha256'][:12]}...), {entry['card']}")
+    model = entry["model"]
+    print(f"bundled {path} as '{args.name}': {model['file']} ({model['bytes'] / 1e6:.1f} MB, "
+          f"sha256 {model['sha256'][:12]}...), {entry['card']['file']}")
 
 
 if __name__ == "__main__":
