@@ -121,7 +121,10 @@ def test_interpolate_endpoints_are_plain_samples(pipe, sampler):
     assert morph.digits == (3, 8) and morph.seeds == (1, 2) and morph.settings.sampler == sampler
     first = pipe.sample(3, 1, seed=1, sampler=sampler, steps=6).images[0]
     last = pipe.sample(8, 1, seed=2, sampler=sampler, steps=6).images[0]
-    assert torch.equal(morph.images[0], first) and torch.equal(morph.images[-1], last)
+    # the same images up to float rounding: a batch of 5 and a batch of 1 may take different
+    # kernels (seen with one CPU thread), moving a pixel by one level
+    assert (morph.images[0].int() - first.int()).abs().max() <= 1
+    assert (morph.images[-1].int() - last.int()).abs().max() <= 1
     assert not torch.equal(morph.images[2], first)
 
 
