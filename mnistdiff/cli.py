@@ -203,7 +203,8 @@ def train(config: Config = None, set_: Sets = None, out_dir: OutDir = None, resu
     Multi-GPU: torchrun --nproc_per_node=N -m mnistdiff train ... (same global batch)."""
     from .run import prepare_run
 
-    cfg, run_dir, checkpoint = prepare_run(config, _data_sets(set_, data_dir), out_dir, resume)
+    sets = list(set_ or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir else [])
+    cfg, run_dir, checkpoint = prepare_run(config, sets, out_dir, resume)
     _train(cfg, run_dir, checkpoint, device, threads, progress, "train")
 
 
@@ -213,9 +214,8 @@ def distill(
                                   "or a v-prediction checkpoint (default: mnist).")] = None,
     steps: Annotated[O[I], _opt("--steps", help="The student's passes per image: 1, 2 or 4 "
                                 "(default: 2).")] = None,
-    config: Annotated[O[P], _opt("--config", "-c", help="YAML with train / distill / sample / "
-                                 "eval sections (default: distill.RECIPE).")] = None,
-    set_: Sets = None, out_dir: OutDir = None, resume: Resume = None, device: Device = "auto",
+    config: Config = None, set_: Sets = None, out_dir: OutDir = None, resume: Resume = None,
+    device: Device = "auto",
     threads: Threads = None, progress: Progress = True,
 ) -> None:
     """Distill a teacher into a student that samples in --steps passes, guidance built in.
@@ -227,10 +227,6 @@ def distill(
     cfg, run_dir, checkpoint = distillation.prepare(teacher, steps, config, list(set_ or []),
                                                     out_dir, resume)
     _train(cfg, run_dir, checkpoint, device, threads, progress, "distill")
-
-
-def _data_sets(sets: Optional[List[str]], data_dir: Optional[Path]) -> list[str]:
-    return list(sets or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir else [])
 
 
 def _train(cfg, run_dir: Path, checkpoint, device: str, threads, progress: bool,
@@ -259,12 +255,11 @@ def sample(
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None, eta: Eta = None,
     seed: Seed = None, guidance_interval: Interval = None, spacing: Spacing = None,
     batch_size: BatchSize = None,
-    out_path: Annotated[P, _opt("--out", "-o", help="Grid PNG to write.", show_default=True)
-                        ] = Path("samples.png"),
-    npz: Annotated[O[P], _opt("--npz", help="Also the images as NPZ: images uint8 (N,28,28), "
-                              "labels int64 (N,).")] = None,
-    individual: Annotated[O[P], _opt("--individual", metavar="DIR", help="Also one PNG per "
-                                     "image into DIR.")] = None,
+    out_path: Annotated[P, _opt("--out", "-o", help="Grid PNG.", show_default=True)
+                        ] = P("samples.png"),
+    npz: Annotated[O[P], _opt("--npz", help="Also the images and labels as NPZ.")] = None,
+    individual: Annotated[O[P], _opt("--individual", metavar="DIR",
+                                     help="Also a PNG per image.")] = None,
     scale: Scale = 2, device: Device = "auto", ema: Ema = True, threads: Threads = None,
     init_image: Annotated[O[P], _opt("--init-image", help="Complete this drawing (28x28 grey "
                                      "PNG, white on black), keeping its pixels where --mask "
@@ -296,17 +291,16 @@ def animate(
     checkpoint: Checkpoint = None, digit: Digit = None, digits: Digits = None, all_: All = False,
     sampler: Sampler = None, steps: Steps = None, guidance: Guidance = None, eta: Eta = None,
     seed: Seed = None, guidance_interval: Interval = None, spacing: Spacing = None,
-    frames: Annotated[O[I], _opt("--frames", help="Frames, denser near the end (default: steps "
-                                 "+ 1, at most 30).")] = None,
+    frames: Annotated[O[I], _opt("--frames", help="Frames (default: steps + 1, at most 30).")
+                      ] = None,
     fps: Annotated[F, _opt("--fps", help="Frames per second, 0.1 to 50.", show_default=True)
                    ] = 10.0,
-    hold: Annotated[F, _opt("--hold", help="Seconds the last frame stays, 0 to 60.",
+    hold: Annotated[F, _opt("--hold", help="Seconds on the last frame, 0 to 60.",
                             show_default=True)] = 1.0,
     scale: Scale = 4,
     out_path: Annotated[P, _opt("--out", "-o", help="GIF to write (.mp4 with imageio's ffmpeg "
                                 "plugin).", show_default=True)] = Path("denoise.gif"),
-    strip: Annotated[O[P], _opt("--strip", help="Also the frames as one PNG: a row per class, "
-                                "a column per frame.")] = None,
+    strip: Annotated[O[P], _opt("--strip", help="Also the frames as one PNG (row: class).")] = None,
     device: Device = "auto", ema: Ema = True, threads: Threads = None,
 ) -> None:
     """Animate the reverse process, from pure noise to digits side by side."""
@@ -317,7 +311,7 @@ def animate(
     _report(_open(job, checkpoint, device, ema, threads).run())
 
 
-# --------------------------------------------------------------------------------- summarize, evaluate
+# --------------------------------------------------------------------------------- summaries
 
 @app.command()
 def summarize(checkpoint: Checkpoint = None, config: Config = None, set_: Sets = None,
@@ -367,10 +361,9 @@ def evaluate(
     cas: Annotated[bool, _flag("--cas", help="Also the Classification Accuracy Score: the "
                                "classifier trained on the samples, tested on real test images, "
                                "next to it trained on as many real ones.")] = False,
-    cas_epochs: Annotated[I, _opt("--cas-epochs", help="Training epochs of each --cas "
-                                  "classifier.", show_default=True)] = 10,
-    npz: Annotated[O[P], _opt("--npz", help="Also save the samples as NPZ (one guidance "
-                              "setting only).")] = None,
+    cas_epochs: Annotated[I, _opt("--cas-epochs", help="Epochs of each --cas classifier.",
+                                  show_default=True)] = 10,
+    npz: Annotated[O[P], _opt("--npz", help="Also the samples as NPZ (one setting only).")] = None,
     data_dir: DataDir = None, device: Device = "auto", ema: Ema = True, threads: Threads = None,
 ) -> None:
     """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
@@ -405,10 +398,9 @@ def ui(
     host: Annotated[S, _opt("--host", help="Address to serve on; loopback keeps the page on "
                             "this machine.", show_default=True)] = "127.0.0.1",
     port: Annotated[I, _opt("--port", help="Port (0: a free one).", show_default=True)] = 0,
-    browser: Annotated[bool, _flag("--browser/--no-browser", help="Open the page in the web "
-                                   "browser (default).")] = True,
-    runs_dir: Annotated[P, _opt("--runs-dir", help="Folder of runs to offer.", show_default=True)
-                        ] = Path("runs"),
+    browser: Annotated[bool, _flag("--browser/--no-browser", help="Open it (default).")] = True,
+    runs_dir: Annotated[P, _opt("--runs-dir", help="Runs to offer.", show_default=True)
+                        ] = P("runs"),
     models_dir: Annotated[O[P], typer.Option("--models-dir", hidden=True)] = None,
     device: Device = "auto", threads: Threads = None,
     verbose: Annotated[bool, _flag("--verbose", help="Log every request.")] = False,
