@@ -20,3 +20,17 @@ def test_bench_train_runs_the_real_training_step():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout)
     assert rows and all(r["images_per_s"] > 0 and r["peak_memory_mb"] > 0 for r in rows)
+
+
+def test_gpu_check_script_parses():
+    """scripts/gpu_check.sh is the one prepared run for a lent GPU machine: a syntax error there
+    would cost the whole lease, so bash checks it here (bash -n: parse only, nothing runs)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    out = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
