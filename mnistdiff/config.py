@@ -167,8 +167,10 @@ class DistillConfig:
     guidance_interval: list[float] = _f([0.0, 1.0], "[lo, hi]: the teacher's guidance interval "
                                         "(as sample.guidance_interval)", lo=0.0, hi=1.0)
     teacher_steps: int = _f(20, "DPM-Solver++ steps of the teacher's solve that the student "
-                                "learns, evenly spread between the student's timesteps (a "
-                                "multiple of 4)", lo=2, hi=10000)
+                                "learns (a multiple of 4)", lo=2, hi=10000)
+    teacher_grid: Literal["trailing", "linspace"] = _f(
+        "trailing", "the teacher's grid: its trailing steps (they pass through the student's "
+                    "trailing timesteps) or linspace bent through them (ends at t = 0)")
     trajectories: int = _f(20000, "teacher trajectories (noise to digit) to learn from, "
                                   "computed once and cached", lo=10, hi=1_000_000)
     seed: int = _f(1000, "seed of the trajectories' starting noise: shard j draws image i "

@@ -324,3 +324,11 @@ def test_a_damaged_cache_file_is_one_line(v_teacher, synthetic_dir, tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(MnistdiffError, match="damaged trajectory cache file"):
         train(cfg, tmp_path / "b", device="cpu", progress=False)
+
+
+def test_the_teachers_trailing_grid_passes_through_the_students():
+    schedule = make_schedule("cosine", 250)
+    grid = distill.teacher_grid(schedule, 20, [187, 124, 61], "trailing")
+    assert {187, 124, 61} <= set(grid.ts) and grid.ts[-1] == 11
+    with pytest.raises(MnistdiffError, match="do not pass through"):
+        distill.teacher_grid(schedule, 18, [187, 124, 61], "trailing")
