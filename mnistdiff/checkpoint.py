@@ -443,15 +443,22 @@ def restoring(part: str, where: str | Path) -> Iterator[None]:
 # --------------------------------------------------------------------------------- the model
 
 def check_weights_fit(model_cfg, weights: dict, what: str = "weights") -> None:
-    """CheckpointError unless the state dict ``weights`` has exactly the names and shapes of the
-    U-Net ``model_cfg`` (a ModelConfig) describes. The U-Net is built on the meta device, which
-    allocates nothing: a stored config may ask for any size (one asking for an enormous network
-    made ``sample`` allocate 20 GB before the weights were compared)."""
-    try:
-        with torch.device("meta"):
-            expected = build_model(model_cfg).state_dict()
-    except MnistdiffError as e:
-        raise CheckpointError(f"the checkpoint's model config cannot be built: {e}") from None
+    """CheckpointError unless the state dict ``weights`` holds as many numbers as the U-Net
+    ``model_cfg`` (a ModelConfig) has parameters, counted in closed form
+    (``config.estimate_parameters``) without building anything: a stored config may ask for any
+    size (one asking for an enormous network made ``sample`` allocate 20 GB before the weights
+    were compared), and then the network built is never larger than the weights. The names and
+    shapes are compared once it is built (``_check_names_and_shapes``)."""
+    from .config import estimate_parameters
+
+    held = sum(t.numel() for t in weights.values())
+    needed = estimate_parameters(model_cfg)
+    if held != needed:
+        raise CheckpointError(f"the checkpoint's {what} do not fit its model config ({held:,} "
+                              f"numbers for a U-Net of {needed:,} parameters)")
+
+
+def _check_names_and_shapes(expected: dict, weights: dict, what: str = "weights") -> None:
     missing = sorted(expected.keys() - weights.keys())
     unexpected = sorted(weights.keys() - expected.keys())
     if missing or unexpected:
@@ -476,5 +483,6 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     check_weights_fit(cfg.model, weights)
     model = build_model(cfg.model)
+    _check_names_and_shapes(model.state_dict(), weights)
     model.load_state_dict(weights)
     return model.eval(), cfg

@@ -151,11 +151,17 @@ def test_model_from_checkpoint_uses_ema_weights(tiny_checkpoint):
 
 def test_weights_that_do_not_fit_the_stored_config(tiny_checkpoint):
     ckpt = ck.load_checkpoint(tiny_checkpoint)
+    stored = dict(ckpt["config"]["model"])
     ckpt["config"]["model"]["channels"] = [8, 32]
-    with pytest.raises(CheckpointError, match="has shape"):
+    with pytest.raises(CheckpointError, match="numbers for a U-Net of"):  # before building it
         ck.model_from_checkpoint(ckpt)
     ckpt["config"]["model"]["channels"] = [8, 16, 16]
     with pytest.raises(CheckpointError, match="do not fit"):
+        ck.model_from_checkpoint(ckpt)
+    ckpt["config"]["model"] = stored  # as many numbers, one tensor of another shape
+    name = next(k for k, v in ckpt["ema"].items() if v.ndim == 2 and v.shape[0] != v.shape[1])
+    ckpt["ema"][name] = ckpt["ema"][name].t().contiguous()
+    with pytest.raises(CheckpointError, match="has shape"):
         ck.model_from_checkpoint(ckpt)
 
 
