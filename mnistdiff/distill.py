@@ -307,7 +307,7 @@ def task(cfg: Config, schedule: Schedule, device: torch.device):
 
 # The student's training recipe when the distill config does not say otherwise.
 RECIPE = {
-    "batch_size": 64, "max_steps": 2000, "lr": 1e-4, "optimizer": "adamw", "weight_decay": 0.0,
+    "batch_size": 64, "max_steps": 1000, "lr": 1e-4, "optimizer": "adamw", "weight_decay": 0.0,
     "lr_schedule": "cosine", "warmup_steps": 100, "grad_clip": 1.0, "ema_decay": 0.9995,
     "ema_rampup": 0.1, "ema_warmup_steps": 0, "log_every": 50, "sample_every": 1000,
     "checkpoint_every": 250, "keep_last": 2, "amp": "off",
