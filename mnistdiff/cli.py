@@ -116,7 +116,7 @@ def _open(job, checkpoint: Optional[str], device: str, ema: bool, threads: Optio
     from .models import load
 
     _threads(threads)
-    pipe = load(checkpoint, device=device, ema=ema)
+    pipe = load(checkpoint, device=device, ema=ema, default=getattr(job, "default_model", None))
     out.print(f"model: {escape(str(pipe.info.get('source', pipe.info.get('path'))))}")
     return job.bind(pipe)
 

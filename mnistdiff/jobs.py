@@ -237,6 +237,14 @@ class SampleJob:
                    None if mask is None else Path(mask), drawing, resample)
 
     @property
+    def default_model(self) -> str | None:
+        """The bundled model to use when none is named and no run exists: the many-step one
+        for a completion (a few-step student cannot inpaint), else the default."""
+        from .models import FLEXIBLE
+
+        return FLEXIBLE if self.init_image is not None or self.drawing is not None else None
+
+    @property
     def shown(self) -> int:
         return min(self.n, int(LIMITS["grid"][1]))
 

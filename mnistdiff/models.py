@@ -11,7 +11,9 @@ How a model spec resolves (``resolve``):
 1. a path that exists (a checkpoint file or a run folder): an existing path wins over a name;
 2. a bundled name: ``mnist``, ``fashion-mnist``, ...;
 3. ``latest``: the newest ``runs/*/checkpoints/last.pt``;
-4. nothing at all: the newest run as for ``latest``; when there is none, the bundled ``DEFAULT``.
+4. nothing at all: the newest run as for ``latest``; when there is none, the bundled ``DEFAULT``
+   (the fast student), or ``FLEXIBLE`` (the many-step model) for what a few-step student cannot
+   do: completing a drawing.
 
 Bundled files ship as package data, each pinned by SHA-256 in a :class:`Manifest`:
 
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).parent / "assets"
 MODELS_DIR = ASSETS / "models"
 DEFAULT = "mnist"  # the model used when no --checkpoint is given and no run exists
+FLEXIBLE = "mnist"  # ... for inpainting: every sampler, many steps
 
 
 class Manifest:
@@ -149,18 +152,20 @@ class ModelSource:
 
 
 def resolve(spec: str | Path | None = None, *, runs_dir: str | Path = RUNS_DIR,
-            models_dir: Path = MODELS_DIR) -> ModelSource:
-    """The model a user means by ``spec`` (see the module docstring for the order)."""
+            models_dir: Path = MODELS_DIR, default: str | None = None) -> ModelSource:
+    """The model a user means by ``spec`` (see the module docstring for the order);
+    ``default`` is the bundled model for no spec and no run (None: ``DEFAULT``)."""
     from .checkpoint import resolve_checkpoint
 
     manifest = bundled(models_dir)
     if spec is None:
+        default = default or DEFAULT
         try:
             return ModelSource(resolve_checkpoint(None, runs_dir=runs_dir))
         except CheckpointError:
-            if DEFAULT not in manifest.entries():
+            if default not in manifest.entries():
                 raise
-            return ModelSource(manifest.path(DEFAULT, "model"), DEFAULT)
+            return ModelSource(manifest.path(default, "model"), default)
     text = str(spec)
     if text != "latest" and not Path(text).expanduser().exists() and text in manifest.entries():
         return ModelSource(manifest.path(text, "model"), text)
@@ -187,13 +192,13 @@ class Loaded:
 
 
 def read(spec: str | Path | None = None, *, ema: bool = True, runs_dir: str | Path = RUNS_DIR,
-         models_dir: Path = MODELS_DIR) -> Loaded:
+         models_dir: Path = MODELS_DIR, default: str | None = None) -> Loaded:
     """Resolve ``spec`` and read its checkpoint (``weights_only``, verified): the network with
     the EMA weights when the checkpoint has them and ``ema`` is true (bundled models hold only
     their EMA weights), the config, and the info with the model card of a bundled model."""
     from .checkpoint import load_checkpoint, model_from_checkpoint
 
-    source = resolve(spec, runs_dir=runs_dir, models_dir=models_dir)
+    source = resolve(spec, runs_dir=runs_dir, models_dir=models_dir, default=default)
     ckpt = load_checkpoint(source.path)
     model, config = model_from_checkpoint(ckpt, ema=ema)
     info = {"path": str(source.path), "name": source.name, "source": source.describe(),
@@ -208,14 +213,15 @@ def read(spec: str | Path | None = None, *, ema: bool = True, runs_dir: str | Pa
 
 def load(spec: str | Path | None = None, device: str = "auto", ema: bool = True, *,
          runs_dir: str | Path = RUNS_DIR, models_dir: Path = MODELS_DIR,
-         channels_last: bool | None = None, compile: bool = False) -> Pipeline:
+         channels_last: bool | None = None, compile: bool = False,
+         default: str | None = None) -> Pipeline:
     """A Pipeline from a checkpoint file, a run folder, a bundled model's name, "latest" (the
     newest run) or None (the newest run, else the bundled default); see :func:`resolve`.
     ``channels_last`` and ``compile``: the fast paths of :class:`pipeline.Pipeline`."""
     from .pipeline import Pipeline, resolve_device
 
     dev = resolve_device(device)  # a bad device is refused before the file is read
-    loaded = read(spec, ema=ema, runs_dir=runs_dir, models_dir=models_dir)
+    loaded = read(spec, ema=ema, runs_dir=runs_dir, models_dir=models_dir, default=default)
     return Pipeline(loaded.model, loaded.config, device=dev, info=loaded.info,
                     channels_last=channels_last, compile=compile)
 

@@ -67,7 +67,10 @@ class App:
         pipe = self.pipeline(model_id)
         label = next(m.label for m in self.models() if m.id == (model_id or self.default))
         noun = get_spec(pipe.config.data.dataset).noun
+        inpainter = self._inpainter(model_id)
         return {"id": model_id or self.default, "label": label,
+                "complete_defaults": dataclasses.asdict(inpainter.settings()),
+                "complete_model": inpainter.name,
                 "rows": [list(r) for r in facts(pipe.config, pipe.info)],
                 "metrics": metrics(pipe.info), "defaults": dataclasses.asdict(pipe.settings()),
                 "timesteps": pipe.schedule.T, "samplers": list(SAMPLERS),
@@ -137,7 +140,7 @@ class App:
         """Complete my drawing: inpainting that keeps the drawn pixels."""
         from .visualize import image_grid, save_image
 
-        pipe = self.pipeline(body.get("model"))
+        pipe = self._inpainter(body.get("model"))
         classes = _classes(pipe, body.get("digits", body.get("digit")))
         n = _whole(body, "n", 4)
         _page_count(pipe, n, len(classes))
@@ -165,6 +168,18 @@ class App:
             return done
 
         return run
+
+    def _inpainter(self, model_id: object):
+        """The model that completes drawings: the one asked for, or for a few-step student the
+        bundled many-step model (inpainting replaces the drawn pixels at every step, and two
+        steps leave the seam between drawing and model in plain view)."""
+        from .models import FLEXIBLE
+
+        pipe = self.pipeline(model_id)
+        flexible = f"bundled:{FLEXIBLE}"
+        if pipe.settings().steps <= 4 and any(m.id == flexible for m in self.models()):
+            return self.pipeline(flexible)
+        return pipe
 
     def morph(self, body: dict) -> Callable[[], dict]:
         """Morph between two seeds or two digits: a strip and a GIF."""

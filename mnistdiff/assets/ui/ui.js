@@ -150,15 +150,18 @@ async function loadCard() {
   $("#complete-form [name=resample]").max = card.limits.resample;
   $("#morph-form [name=frames]").max = card.limits.frames;
   $("#live").checked = card.live;
+  // the Complete tab's model may be another (a few-step student does not inpaint)
+  const own = (el) => (el.closest("#complete-form") ? card.complete_defaults : d);
   for (const select of $$("select.sampler")) {
     const names = select.classList.contains("deterministic")
       ? card.samplers.filter((s) => s !== "ddpm") : card.samplers;
     select.replaceChildren(...names.map((s) => new Option(s, s)));
-    select.value = names.includes(d.sampler) ? d.sampler : names[0];
+    const sampler = own(select).sampler;
+    select.value = names.includes(sampler) ? sampler : names[0];
   }
-  for (const input of $$("input.steps")) { input.value = d.steps; input.max = card.timesteps; input.min = 1; }
-  for (const input of $$("input.guidance")) { input.value = d.guidance; input.min = 0; }
-  for (const input of $$("input.seed")) { input.value = d.seed; input.min = 0; }
+  for (const input of $$("input.steps")) { input.value = own(input).steps; input.max = card.timesteps; input.min = 1; }
+  for (const input of $$("input.guidance")) { input.value = own(input).guidance; input.min = 0; }
+  for (const input of $$("input.seed")) { input.value = own(input).seed; input.min = 0; }
   for (const select of $$("select.digit-choice")) {
     const keep = select.value;
     select.replaceChildren(...card.classes.map((name, i) =>
