@@ -232,7 +232,7 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, config: Config, *, device: str | torch.device = "auto",
                  info: dict | None = None, channels_last: bool | None = None,
-                 compile: bool = False):
+                 compile: bool = False, bf16: bool | None = None):
         """``channels_last``: keep the weights and feed the images in channels_last (NHWC)
         memory format, which oneDNN's CPU convolutions prefer (about 20 % faster sampling on
         a CPU); None (the default) turns it on for the CPU only, where it was measured.
@@ -240,8 +240,11 @@ class Pipeline:
         shape compiles, tens of seconds on a CPU; no measurable gain there over
         channels_last). Both give the plain path's images up to float rounding. ``model``
         itself is left as it is (channels_last samples with a copy of its weights).
+        ``bf16``: the network in bf16 autocast; None (the default) is on for CUDA only: on a
+        CPU with bf16 units it is faster, but its images are not the float32 ones.
         See docs/performance.md."""
         self.device = resolve_device(device)
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
         self.model = model.to(self.device).eval()
         if channels_last is None:
             channels_last = self.device.type == "cpu"
@@ -329,12 +332,11 @@ class Pipeline:
     # ----------------------------------------------------------------------------- the network
 
     def _forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """The network (compiled and/or channels_last when asked), in bf16 autocast on CUDA;
-        float32 out, in the ordinary (contiguous) memory format."""
+        """The network (compiled and/or channels_last when asked), in bf16 autocast when asked
+        (on CUDA by default); float32 out, in the ordinary (contiguous) memory format."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                            enabled=self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self._network(x, t, y).float()
         return out.contiguous() if self.channels_last else out
 
