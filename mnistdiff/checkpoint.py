@@ -291,8 +291,9 @@ def check_same_model(ckpt: dict, cfg: Config, where: str | Path) -> None:
 # Settings a resumed run cannot change: the data order and the position in it (batch size,
 # accumulation, seed), the optimizer's state layout, and the diffusion the model has learned.
 # Everything else in train (lr, schedule, max_steps, intervals, EMA, grad_clip, amp) may change.
-FIXED_ON_RESUME = ("data.dataset", "diffusion.*", "train.batch_size", "train.grad_accum",
-                   "train.optimizer", "train.seed")
+FIXED_ON_RESUME = ("data.dataset", "data.image_size", "data.channels", "data.classes",
+                   "diffusion.*", "train.batch_size", "train.grad_accum", "train.optimizer",
+                   "train.seed")
 
 
 def check_resumable(ckpt: dict, cfg: Config, where: str | Path) -> None:
@@ -442,14 +443,15 @@ def restoring(part: str, where: str | Path) -> Iterator[None]:
 
 # --------------------------------------------------------------------------------- the model
 
-def check_weights_fit(model_cfg, weights: dict, what: str = "weights") -> None:
+def check_weights_fit(model_cfg, weights: dict, what: str = "weights",
+                      image_size: int = 28) -> None:
     """CheckpointError unless the state dict ``weights`` has exactly the names and shapes of the
-    U-Net ``model_cfg`` (a ModelConfig) describes. The U-Net is built on the meta device, which
+    U-Net ``model_cfg`` (a ModelConfig) describes for ``image_size`` pixels a side. The U-Net is built on the meta device, which
     allocates nothing: a stored config may ask for any size (one asking for an enormous network
     made ``sample`` allocate 20 GB before the weights were compared)."""
     try:
         with torch.device("meta"):
-            expected = build_model(model_cfg).state_dict()
+            expected = build_model(model_cfg, image_size).state_dict()
     except MnistdiffError as e:
         raise CheckpointError(f"the checkpoint's model config cannot be built: {e}") from None
     missing = sorted(expected.keys() - weights.keys())
@@ -474,7 +476,7 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet
     except MnistdiffError as e:
         raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
-    check_weights_fit(cfg.model, weights)
-    model = build_model(cfg.model)
+    check_weights_fit(cfg.model, weights, image_size=cfg.data.image_size)
+    model = build_model(cfg.model, cfg.data.image_size)
     model.load_state_dict(weights)
     return model.eval(), cfg
