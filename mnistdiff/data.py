@@ -545,7 +545,8 @@ def describe_rows(info: dict) -> tuple[list[list[str]], list[list[str]]]:
     splits = info["splits"].values()
     counts = [[f"{i} {name}", *(str(v["per_class"][i]) for v in splits)]
               for i, name in enumerate(info["classes"])]
-    counts.append(["pixel mean / std", *(f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
+    counts.append(["pixel mean / std", *("-" if v["pixel_std"] is None else
+                                         f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
                                          for v in splits)])
     files = [[name, f["sha256"], {True: "yes", False: "MISMATCH", None: "unknown"}[f["verified"]]]
              for name, f in info.get("files", {}).items()]

@@ -447,8 +447,8 @@ def describe(data_cfg, say: Say | None = None) -> dict:
         out["splits"][split] = {
             "n": len(part.labels),
             "per_class": torch.bincount(part.labels, minlength=len(data.classes)).tolist(),
-            "pixel_mean": pixels.mean().item() if len(part.labels) else float("nan"),
-            "pixel_std": pixels.std().item() if len(part.labels) > 1 else float("nan")}
+            "pixel_mean": pixels.mean().item() if len(part.labels) else None,
+            "pixel_std": pixels.std().item() if len(part.labels) > 1 else None}
     if get_spec(data_cfg.dataset).kind == "folder":
         out["ignored_files"] = scan(data_cfg).ignored
     return out

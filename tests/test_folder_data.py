@@ -236,6 +236,17 @@ def test_cifar10_offline_is_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing is created before the data is there
 
 
+def test_cifar10_arrays_are_converted_like_a_folders_images():
+    raw = [(np.full((4, 32, 32, 3), (200, 100, 0), np.uint8), [0, 1, 2, 3]),
+           (np.zeros((2, 32, 32, 3), np.uint8), [5, 9])]
+    content = folder._cifar_content(raw, 16, 1)
+    assert content["images"].shape == (6, 1, 16, 16) and content["test"].tolist() == [0] * 4 + [1] * 2
+    assert content["images"][0].unique().tolist() == [118]  # Pillow's L: (299 R + 587 G) / 1000
+    assert content["labels"].tolist() == [0, 1, 2, 3, 5, 9]
+    native = folder._cifar_content(raw, 32, 3)
+    assert torch.equal(native["images"][0, :, 0, 0], torch.tensor([200, 100, 0], dtype=torch.uint8))
+
+
 # --------------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")
@@ -290,7 +301,7 @@ def test_evaluate_trains_a_classifier_on_the_folder_and_scores_above_chance(run_
     report_path, samples = tmp_path / "report.json", tmp_path / "samples.npz"
     args = ["evaluate", "-k", str(run_dir), "--n", "30", "-o", str(report_path),
             "--classifier-epochs", "100", "--device", "cpu"]
-    r = runner.invoke(app, [*args, "--npz", str(samples)])
+    r = runner.invoke(app, [*args, "--npz", str(samples), "--cas", "--cas-epochs", "2"])
     assert r.exit_code == 0, r.output
     report = json.loads(report_path.read_text())
     assert report["dataset"] == "folder"
@@ -300,6 +311,7 @@ def test_evaluate_trains_a_classifier_on_the_folder_and_scores_above_chance(run_
     assert [c["class"] for c in result["per_class"]] == list(COLOURS)
     assert result["accuracy"] > 0.5  # chance is 1/3
     assert report["real_floor"]["accuracy"] == 1.0 and report["real_floor"]["n"] == 30
+    assert report["cas"]["n"] == 30 and 0 <= report["cas"]["generated"] <= 1
     assert "classifier: trained on the training split" in r.output
     r = runner.invoke(app, args[:-4] + ["--classifier", "bundled", "--device", "cpu"])
     assert r.exit_code == 1 and "no bundled classifier for folder datasets" in str(r.exception)
