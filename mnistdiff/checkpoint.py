@@ -291,8 +291,9 @@ def check_same_model(ckpt: dict, cfg: Config, where: str | Path) -> None:
 # Settings a resumed run cannot change: the data order and the position in it (batch size,
 # accumulation, seed), the optimizer's state layout, and the diffusion the model has learned.
 # Everything else in train (lr, schedule, max_steps, intervals, EMA, grad_clip, amp) may change.
-FIXED_ON_RESUME = ("data.dataset", "diffusion.*", "train.batch_size", "train.grad_accum",
-                   "train.optimizer", "train.seed")
+FIXED_ON_RESUME = ("data.dataset", "data.image_size", "data.channels", "data.classes",
+                   "diffusion.*", "train.batch_size", "train.grad_accum", "train.optimizer",
+                   "train.seed")
 
 
 def check_resumable(ckpt: dict, cfg: Config, where: str | Path) -> None:
@@ -482,7 +483,7 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> tuple[ConditionalUNet
         raise CheckpointError(f"the checkpoint's stored config is invalid: {e}") from None
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     check_weights_fit(cfg.model, weights)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.image_size)
     _check_names_and_shapes(model.state_dict(), weights)
     model.load_state_dict(weights)
     return model.eval(), cfg

@@ -6,7 +6,10 @@ samples and its 128-d penultimate layer is the feature space of FID and precisio
 
 - ``scripts/train_classifier.py`` trains the bundled weights on the whole training split;
 - the Classification Accuracy Score (``evaluation.classification_accuracy_score``; Ravuri &
-  Vinyals 2019) trains a fresh copy on *generated* images and tests it on the real test set.
+  Vinyals 2019) trains a fresh copy on *generated* images and tests it on the real test set;
+- ``cached_classifier`` trains the reference of a dataset without a bundled one (a class
+  folder, ``evaluate --classifier train``) on its training split, once: the weights are cached
+  under a hash of the images, labels and recipe (``files.cache_root() / "classifiers"``).
 
     model = train_classifier(images_u8, labels, epochs=10, seed=0)   # (N, 1, 28, 28) uint8
 """
@@ -34,23 +37,28 @@ class Classifier(nn.Module):
     """A small CNN (~145k parameters): 28x28 -> 14 -> 7 -> 3, a 128-d feature layer, 10 logits.
 
     Input: float images in [-1, 1] of shape (B, 1, 28, 28), the diffusion model's range
-    (``data.to_model_range`` of the uint8 pixels); no further normalisation.
+    (``data.to_model_range`` of the uint8 pixels); no further normalisation. Other images,
+    (B, in_channels, image_size, image_size), get the same layers with ``in_channels`` inputs
+    to the first and 64 (image_size // 8)^2 to the feature layer (32x32: 1,024).
     """
 
-    def __init__(self, num_classes: int = 10, feature_dim: int = 128, dropout: float = 0.25):
+    def __init__(self, num_classes: int = 10, feature_dim: int = 128, dropout: float = 0.25,
+                 in_channels: int = 1, image_size: int = 28):
         super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
+        flat = 64 * (image_size // 8) ** 2  # three 2x2 max-pools, each rounding down
         self.body = nn.Sequential(
-            _conv(1, 16), nn.MaxPool2d(2),                    # (B, 16, 14, 14)
+            _conv(in_channels, 16), nn.MaxPool2d(2),          # (B, 16, 14, 14)
             _conv(16, 32), _conv(32, 32), nn.MaxPool2d(2),    # (B, 32, 7, 7)
             _conv(32, 64), _conv(64, 64), nn.MaxPool2d(2),    # (B, 64, 3, 3)
             nn.Flatten(),                                     # (B, 576)
         )
-        self.feature = nn.Sequential(nn.Linear(576, feature_dim, bias=False),
+        self.feature = nn.Sequential(nn.Linear(flat, feature_dim, bias=False),
                                      nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) in [-1, 1] -> (B, feature_dim): the FID feature space."""
+        """(B, C, S, S) in [-1, 1] -> (B, feature_dim): the FID feature space."""
         return self.feature(self.body(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,12 +66,12 @@ class Classifier(nn.Module):
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Rotate each image of (B, 1, 28, 28) in [-1, 1] by up to 10 degrees, scale it by 0.9-1.1
+    """Rotate each image of (B, C, S, S) in [-1, 1] by up to 10 degrees, scale it by 0.9-1.1
     and shift it by up to 2 pixels: one affine grid per image, one grid_sample for the batch."""
     b, dev = x.shape[0], x.device
     u = torch.rand(b, 4, generator=generator, device=dev) * 2 - 1      # (B, 4) in [-1, 1]
     angle, scale = u[:, 0] * math.radians(10), 1 + 0.1 * u[:, 1]
-    shift = u[:, 2:] * 2 * (2 / 28)          # grid coordinates span 2 over 28 pixels
+    shift = u[:, 2:] * 2 * (2 / x.shape[-1])  # grid coordinates span 2 over S pixels
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
                          torch.stack([sin, cos, shift[:, 1]], 1)], 1)  # (B, 2, 3)
@@ -76,7 +84,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
                      batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 5e-4,
                      seed: int = 0, num_classes: int = 10, device: torch.device | str = "cpu",
                      on_epoch: Callable[[int, Classifier, float], None] | None = None) -> Classifier:
-    """Train a fresh :class:`Classifier` on uint8 images (N, 1, 28, 28) with labels (N,).
+    """Train a fresh :class:`Classifier` on uint8 images (N, C, S, S) with labels (N,).
 
     AdamW with a one-cycle learning rate over ``epochs`` passes, batches shuffled on the device
     (``BatchLoader``: the whole set is one tensor there), each batch augmented (``augment``).
@@ -88,7 +96,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
     torch.manual_seed(seed)  # the initial weights and dropout
     data = LabelledImages(images if images.ndim == 4 else images[:, None], labels.long())
     loader = BatchLoader(data, min(batch_size, len(labels)), seed=seed, device=device)
-    model = Classifier(num_classes=num_classes).to(device)
+    model = Classifier(num_classes=num_classes, in_channels=data.images.shape[1],
+                       image_size=data.images.shape[-1]).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -105,3 +114,56 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, *, epochs: int 
         if on_epoch is not None:
             on_epoch(epoch, model, total.item() / len(loader))
     return model.cpu().eval()
+
+
+RECIPE = 1  # bump when train_classifier's recipe changes: cached classifiers are then retrained
+MIN_STEPS = 500  # a trained reference sees at least this many batches (a small folder: epochs)
+
+
+def default_epochs(n: int, batch_size: int = 128) -> int:
+    """Epochs for a reference classifier trained on n images: 20, or more for a small set, so
+    that it makes at least MIN_STEPS optimizer steps (54 images: 500 epochs of one batch)."""
+    return max(20, math.ceil(MIN_STEPS / math.ceil(n / batch_size)))
+
+
+def cached_classifier(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
+                      epochs: int | None = None, seed: int = 0,
+                      device: torch.device | str = "cpu",
+                      say: Callable[[str], None] | None = None) -> tuple[Classifier, dict]:
+    """A :class:`Classifier` trained on uint8 images (N, C, S, S) and labels (N,) with
+    ``train_classifier`` for ``epochs`` (default ``default_epochs``), read from the cache when
+    the same data and recipe were trained before. Returns the model (CPU, eval mode) and what
+    describes it: {"file", "sha256", "trained_on", "epochs", "seed", "cached"}."""
+    import hashlib
+    import io
+
+    from .files import cache_root, sha256_file, write_atomic
+
+    epochs = default_epochs(len(labels)) if epochs is None else epochs
+
+    digest = hashlib.sha256()
+    for part in (images.contiguous().numpy(), labels.to(torch.int64).contiguous().numpy()):
+        digest.update(str(part.shape).encode())
+        digest.update(part.tobytes())
+    digest.update(f"{RECIPE} {epochs} {seed} {num_classes}".encode())
+    path = cache_root() / "classifiers" / f"{digest.hexdigest()[:24]}.pt"
+    model = Classifier(num_classes=num_classes, in_channels=images.shape[1],
+                       image_size=images.shape[-1])
+    cached = path.is_file()
+    if cached:
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception:  # noqa: BLE001 (a damaged cache file: train again)
+            cached = False
+    if not cached:
+        if say is not None:
+            say(f"training the reference classifier on {len(labels):,} images for {epochs} "
+                f"epochs (once: it is cached in {path.parent})")
+        model = train_classifier(images, labels, epochs=epochs, seed=seed,
+                                 num_classes=num_classes, device=device)
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_atomic(path, buffer.getvalue())
+    return model.eval(), {"file": str(path), "sha256": sha256_file(path),
+                          "trained_on": f"the training split ({len(labels):,} images)",
+                          "epochs": epochs, "seed": seed, "cached": cached}

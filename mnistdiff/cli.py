@@ -50,8 +50,10 @@ O, P, S, I, F = Optional, Path, str, int, float  # noqa: E741 (short names for t
 Config = Annotated[O[P], _opt("--config", "-c", help="YAML config file (defaults if omitted).")]
 Sets = Annotated[O[List[S]], _opt("--set", "-s", metavar="KEY=VALUE",
                                   help="Override a config value, e.g. --set train.lr=2e-4.")]
-DataDir = Annotated[O[P], _opt("--data-dir", help="Folder of IDX files (sets data.root).")]
-Dataset = Annotated[O[S], _opt("--dataset", help="mnist or fashion-mnist (sets data.dataset).")]
+DataDir = Annotated[O[P], _opt("--data-dir", help="Folder of IDX files, of class folders "
+                               "(--dataset folder) or of CIFAR-10 (sets data.root).")]
+Dataset = Annotated[O[S], _opt("--dataset", help="mnist, fashion-mnist, folder (your images, one "
+                               "folder per class) or cifar10 (sets data.dataset).")]
 Json = Annotated[bool, _flag("--json", help="Print JSON instead of a table.")]
 Checkpoint = Annotated[O[S], _opt("--checkpoint", "-k", metavar="NAME|PATH", help=(
     "A bundled model (mnist-fast, mnist, mnist-small, fashion-mnist), a checkpoint file, a run "
@@ -111,14 +113,20 @@ def _threads(threads: Optional[int]) -> None:
         torch.set_num_threads(jobs.whole("--threads", threads, "threads"))
 
 
-def _open(job, checkpoint: Optional[str], device: str, ema: bool, threads: Optional[int]):
+def _open(job, checkpoint: Optional[str], device: str, ema: bool, threads: Optional[int],
+          **bind):
     """Load the model a job runs on (saying which), then let the job check itself against it."""
     from .models import load
 
     _threads(threads)
     pipe = load(checkpoint, device=device, ema=ema, default=getattr(job, "default_model", None))
     out.print(f"model: {escape(str(pipe.info.get('source', pipe.info.get('path'))))}")
-    return job.bind(pipe)
+    return job.bind(pipe, **bind)
+
+
+def _say(line: str) -> None:
+    """A progress line of the library (reading a folder, training a classifier): on stderr."""
+    err.print(escape(line))
 
 
 def _report(result: jobs.Result) -> None:
@@ -164,18 +172,20 @@ def config_show(config: Config = None, set_: Sets = None, as_json: Json = False)
 @data_app.command("info")
 def data_info(config: Config = None, set_: Sets = None, data_dir: DataDir = None,
               dataset: Dataset = None, as_json: Json = False) -> None:
-    """Per-class counts, pixel mean/std and file checksums of a dataset folder."""
-    from .data import describe, describe_rows, find_data_dir
+    """Per-class counts, pixel mean/std, checksums or a class folder's split."""
+    from .data import describe_dataset, describe_rows
 
     cfg = _cfg(config, set_, data_dir, dataset)
-    info = describe(find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download),
-                    cfg.data.dataset)
+    info = describe_dataset(cfg.data, _say)
     if as_json:
         return print(json.dumps(info, indent=2))
     counts, files = describe_rows(info)
     out.print(f"[bold]{info['dataset']}[/] in {escape(info['folder'])}")
     _table(["class", *(f"{s} (n={v['n']})" for s, v in info["splits"].items())], counts)
-    _table(["file", "sha256 (decompressed)", "verified"], files)
+    if files:
+        _table(["file", "sha256 (decompressed)", "verified"], files)
+    for line in info.get("notes", []):
+        out.print(escape(line))
 
 
 @data_app.command("preview")
@@ -189,21 +199,23 @@ def data_preview(
     dataset: Dataset = None,
 ) -> None:
     """Write a PNG grid of real images, one row per class."""
-    _report(jobs.preview(_cfg(config, set_, data_dir, dataset), out_path, per_class, split, scale))
+    _report(jobs.preview(_cfg(config, set_, data_dir, dataset), out_path, per_class, split, scale,
+                         _say))
 
 
 # --------------------------------------------------------------------------------- train, distill
 
 @app.command()
 def train(config: Config = None, set_: Sets = None, out_dir: OutDir = None, resume: Resume = None,
-          device: Device = "auto", data_dir: DataDir = None, threads: Threads = None,
-          progress: Progress = True) -> None:
+          device: Device = "auto", data_dir: DataDir = None, dataset: Dataset = None,
+          threads: Threads = None, progress: Progress = True) -> None:
     """Train a model into a run folder: checkpoints, log.jsonl, sample grids, loss.png.
 
     Multi-GPU: torchrun --nproc_per_node=N -m mnistdiff train ... (same global batch)."""
     from .run import prepare_run
 
     sets = list(set_ or []) + ([f"data.root={json.dumps(str(data_dir))}"] if data_dir else [])
+    sets += [f"data.dataset={json.dumps(dataset)}"] if dataset else []
     cfg, run_dir, checkpoint = prepare_run(config, sets, out_dir, resume)
     _train(cfg, run_dir, checkpoint, device, threads, progress, "train")
 
@@ -351,7 +363,8 @@ def evaluate(
     eta: Eta = None, seed: Seed = None, guidance_interval: Interval = None,
     spacing: Spacing = None,
     samples: Annotated[O[P], _opt("--samples", help="Score an NPZ of samples (images uint8 "
-                                  "(N,28,28), labels (N,)) instead of a model.")] = None,
+                                  "(N,28,28), or (N,S,S,3) RGB, labels (N,)) instead of a "
+                                  "model.")] = None,
     dataset: Dataset = None,
     out_path: Annotated[O[P], _opt("--out", "-o", help="JSON report (default: report.json; for "
                                    "a run, its reports/ folder).")] = None,
@@ -364,25 +377,34 @@ def evaluate(
     cas_epochs: Annotated[I, _opt("--cas-epochs", help="Epochs of each --cas classifier.",
                                   show_default=True)] = 10,
     npz: Annotated[O[P], _opt("--npz", help="Also the samples as NPZ (one setting only).")] = None,
+    classifier: Annotated[S, _opt("--classifier", help="bundled, train (the same CNN trained on "
+                                  "the training split on first use, then cached) or auto: "
+                                  "bundled for mnist and fashion-mnist, else train.",
+                                  show_default=True)] = "auto",
+    classifier_epochs: Annotated[O[I], _opt("--classifier-epochs", help="Epochs of a trained "
+                                            "classifier (default: 20, more for a small set: "
+                                            "at least 500 batches).")] = None,
     data_dir: DataDir = None, device: Device = "auto", ema: Ema = True, threads: Threads = None,
 ) -> None:
-    """Class accuracy, FID and precision/recall in a bundled classifier's feature space."""
+    """Class accuracy, FID and precision/recall in a reference classifier's feature space."""
     from .evaluation import notes, table
 
     job = jobs.EvaluateJob.from_values(
         n=n, scales=jobs.parse_sweep(guidance, sweep), samples=samples, dataset=dataset,
         data_dir=data_dir, out=out_path, floor=floor, batch_size=batch_size, cas=cas,
-        cas_epochs=cas_epochs, npz=npz, checkpoint=checkpoint,
+        cas_epochs=cas_epochs, npz=npz, classifier=classifier,
+        classifier_epochs=classifier_epochs, checkpoint=checkpoint,
         **_settings(sampler, steps, None, eta, seed, guidance_interval, spacing))
     if samples is None:
-        _open(job, checkpoint, device, ema, threads)
+        _open(job, checkpoint, device, ema, threads, say=_say)
     else:
         _threads(threads)
-        job.bind(None)
-    result = job.run(say=lambda line: err.print(escape(line)))
+        job.bind(None, say=_say)
+    result = job.run(say=_say)
     r = result.extra
     _table(*table(r["rows"], r["floor"], str(job.samples)),
            title=f"{job.reference.dataset}: classifier features, FID vs the test set, k = {r['k']}")
+    out.print(f"classifier: {escape(job.reference.info['source'])}")
     for line in notes(r["rows"], r["cas"]):
         out.print(escape(line))
     _report(result)

@@ -63,11 +63,22 @@ def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = N
 
 @dataclass
 class DataConfig:
-    dataset: str = _f("mnist", "which dataset to train on", registry="data:DATASETS")
-    root: Optional[str] = _f(None, "directory of IDX files (.gz or raw); else $MNISTDIFF_DATA, "
-                                   "then a download into ~/.cache/mnistdiff")
+    dataset: str = _f("mnist", "which dataset to train on (folder: your images, one folder per "
+                               "class under data.root)", registry="data:DATASETS")
+    root: Optional[str] = _f(None, "directory of IDX files (.gz or raw), of class folders "
+                                   "(folder) or of CIFAR-10; else $MNISTDIFF_DATA, then a "
+                                   "download into ~/.cache/mnistdiff")
     download: bool = _f(True, "download through torchvision when the files are not found")
     verify: bool = _f(True, "check SHA-256 of the decompressed files where it is known")
+    image_size: int = _f(28, "image side in pixels: folder and cifar10 images are resized to "
+                             "it (mnist and fashion-mnist are 28)", lo=8, hi=512)
+    channels: int = _f(1, "1 (grey) or 3 (RGB): folder and cifar10 images are converted to it "
+                          "(mnist and fashion-mnist are 1); model.in_channels follows it",
+                       lo=1, hi=3)
+    classes: Optional[list[str]] = _f(None, "the class names (folder: the class folders' names, "
+                                            "filled in by train; null: the dataset's own)")
+    skip_bad: bool = _f(False, "folder: skip files that cannot be read as images (and say how "
+                               "many) instead of stopping at the first")
 
 
 @dataclass
@@ -252,7 +263,8 @@ def _describe(tp: Any) -> str:
         parts = [_describe(a) for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(parts) + " or null"
     if origin is list:
-        return "a non-empty list of " + {int: "integers", float: "numbers"}[typing.get_args(tp)[0]]
+        return "a non-empty list of " + {int: "integers", float: "numbers",
+                                         str: "strings"}[typing.get_args(tp)[0]]
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
 
 
@@ -302,12 +314,17 @@ def _coerce(tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")
 
 
-def choices(key: str) -> list[str]:
-    """The valid values of a choice field ("sample.sampler"): its registry's keys, in order."""
+def _registry(key: str) -> dict:
+    """The registry of a choice field ("sample.sampler" -> samplers.SAMPLERS), imported now."""
     section, name = key.split(".")
     field_ = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
     module, attr = field_.metadata["registry"].split(":")
-    return list(getattr(importlib.import_module(f"{__package__}.{module}"), attr))
+    return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+
+
+def choices(key: str) -> list[str]:
+    """The valid values of a choice field ("sample.sampler"): its registry's keys, in order."""
+    return list(_registry(key))
 
 
 def _check_value(section: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
@@ -370,14 +387,49 @@ def _check_consistency(cfg: Config) -> None:
     if dc.teacher and dc.teacher_steps > cfg.diffusion.timesteps:
         raise ConfigError(f"distill.teacher_steps: got {dc.teacher_steps}, must be <= "
                           f"diffusion.timesteps ({cfg.diffusion.timesteps})")
-    levels = len(cfg.model.channels)
-    if 28 % (2 ** (levels - 1)) != 0:
-        raise ConfigError(f"model.channels: got {levels} levels, but 28x28 images allow at most 3 "
-                          f"(28 -> 14 -> 7)")
+    _check_data(cfg)
+    levels, size = len(cfg.model.channels), cfg.data.image_size
+    if size % (2 ** (levels - 1)) != 0:
+        most, sides = 1, [size]
+        while sides[-1] % 2 == 0:
+            most, sides = most + 1, sides + [sides[-1] // 2]
+        raise ConfigError(f"model.channels: got {levels} levels, but {size}x{size} images allow "
+                          f"at most {most} ({' -> '.join(map(str, sides))})")
     if any(c < 1 for c in cfg.model.channels):
         raise ConfigError(f"model.channels: got {_short(cfg.model.channels)}, every entry must "
                           f"be >= 1")
     check_model_size(cfg.model)
+
+
+def _check_data(cfg: Config) -> None:
+    """The image shape and the class names against the dataset and the model. The registry
+    (which imports torch) is only consulted when they differ from MNIST's, so a default config
+    stays torch-free."""
+    dc = cfg.data
+    if dc.channels == 2:
+        raise ConfigError("data.channels: got 2, expected 1 (grey) or 3 (RGB)")
+    if cfg.model.in_channels != dc.channels:
+        raise ConfigError(f"model.in_channels: got {cfg.model.in_channels}, but data.channels is "
+                          f"{dc.channels}; they must match (leave model.in_channels out and it "
+                          f"follows data.channels)")
+    if (dc.image_size, dc.channels) == (28, 1) and dc.classes is None:
+        return
+    kind = getattr(_registry("data.dataset").get(dc.dataset), "kind", None)
+    if kind == "idx" and (dc.image_size, dc.channels) != (28, 1):
+        key = "data.image_size" if dc.image_size != 28 else "data.channels"
+        raise ConfigError(f"{key}: {dc.dataset} images are 28x28 grey; data.image_size and "
+                          f"data.channels apply to the folder and cifar10 datasets")
+    if dc.classes is None:
+        return
+    if kind != "folder":
+        raise ConfigError(f"data.classes: applies to dataset folder; {dc.dataset} names its own "
+                          f"classes")
+    if len(dc.classes) != cfg.model.num_classes:
+        raise ConfigError(f"data.classes: got {len(dc.classes)} names for model.num_classes = "
+                          f"{cfg.model.num_classes}; give one name per class")
+    if any(not name for name in dc.classes) or len(set(dc.classes)) != len(dc.classes):
+        raise ConfigError(f"data.classes: got {_short(dc.classes)}, the names must be distinct "
+                          f"and not empty")
 
 
 # --------------------------------------------------------------------------------- model size
@@ -497,8 +549,25 @@ def config_from_dict(d: Any) -> Config:
         if name not in SECTIONS:
             raise _unknown("section", _name(name), list(SECTIONS), "")
     cfg = Config(**{name: _build_section(name, d.get(name)) for name in SECTIONS})
+    _follow_the_data(cfg, d)
     _check_consistency(cfg)
     return cfg
+
+
+def _follow_the_data(cfg: Config, d: dict) -> None:
+    """Defaults that follow other values unless given: data.image_size and data.channels the
+    dataset's own (cifar10: 32 and 3; the registry's ``shape``), model.in_channels
+    data.channels."""
+    data, model = (d.get(k) if isinstance(d.get(k), dict) else {} for k in ("data", "model"))
+    if "dataset" in data and not {"image_size", "channels"} <= set(data):
+        shape = getattr(_registry("data.dataset").get(cfg.data.dataset), "shape", None)
+        if shape is not None:
+            if "image_size" not in data:
+                cfg.data.image_size = shape[0]
+            if "channels" not in data:
+                cfg.data.channels = shape[1]
+    if "in_channels" not in model:
+        cfg.model.in_channels = cfg.data.channels
 
 
 def config_to_dict(cfg: Config) -> dict:

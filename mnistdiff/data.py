@@ -43,6 +43,9 @@ class DatasetSpec:
     sizes: tuple[int, int] = (60000, 10000)
     noun: str = "digit"     # what one image is called in messages ("10 digits x 3")
     plural: str = "digits"
+    kind: str = "idx"       # idx: four IDX files; folder: class folders (folder.py);
+                            # torchvision: read (and downloaded) by torchvision (folder.py)
+    shape: tuple[int, int] | None = (28, 1)  # (image_size, channels) a config gets by default
 
     @staticmethod
     def files(split: str) -> tuple[str, str]:
@@ -77,7 +80,21 @@ DATASETS: dict[str, DatasetSpec] = {
         system_dirs=("/usr/share/datasets/fashion-mnist",),
         noun="item", plural="items",
     ),
+    # Your own images, one folder per class under data.root (torchvision's ImageFolder layout):
+    # the classes are the folders' names, stored in the config as data.classes (folder.py).
+    "folder": DatasetSpec(name="folder", classes=(), torchvision_class="", sha256={},
+                          sizes=(0, 0), noun="image", plural="images", kind="folder",
+                          shape=None),
+    # Through torchvision's downloader (needs network once); offline, the same images as class
+    # folders make the folder dataset.
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"),
+        torchvision_class="CIFAR10", sha256={}, sizes=(50000, 10000), noun="image",
+        plural="images", kind="torchvision", shape=(32, 3)),
 }
+IDX_DATASETS = tuple(name for name, spec in DATASETS.items() if spec.kind == "idx")
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -352,7 +369,7 @@ def find_data_dir(dataset: str, root: str | Path | None = None, download: bool =
 # --------------------------------------------------------------------------------- loading
 
 class LabelledImages(NamedTuple):
-    images: torch.Tensor  # (N, 1, 28, 28) uint8
+    images: torch.Tensor  # (N, C, S, S) uint8: (N, 1, 28, 28) for MNIST
     labels: torch.Tensor  # (N,) int64
 
 
@@ -397,10 +414,31 @@ def load_split(folder: str | Path, split: str = "train", dataset: str = "mnist",
     return _load_split(Path(folder), split, dataset, verify)[0]
 
 
-def load_dataset(data_cfg, split: str = "train") -> LabelledImages:
-    """Find and read a split as described by a DataConfig."""
+def load_dataset(data_cfg, split: str = "train",
+                 say: Callable[[str], None] | None = None) -> LabelledImages:
+    """Find and read a split as described by a DataConfig: uint8 images (N, C, S, S) with
+    C = data.channels and S = data.image_size (1 and 28 for the IDX datasets). A class-folder
+    or torchvision dataset is read by folder.py (``say`` hears what it reads or caches)."""
+    if get_spec(data_cfg.dataset).kind != "idx":
+        from .folder import load_split as load_other
+
+        return load_other(data_cfg, split, say)
     folder = find_data_dir(data_cfg.dataset, data_cfg.root, data_cfg.download)
     return load_split(folder, split, data_cfg.dataset, data_cfg.verify)
+
+
+def class_names(data_cfg, look: bool = True) -> tuple[str, ...]:
+    """The names of a dataset's classes: data.classes when set (a folder model's config holds
+    its folders' names), else the registry's; a folder dataset's are read from its folders
+    (``look``; else there are none)."""
+    if data_cfg.classes is not None:
+        return tuple(data_cfg.classes)
+    spec = get_spec(data_cfg.dataset)
+    if spec.kind == "folder" and look:
+        from .folder import scan
+
+        return scan(data_cfg).classes
+    return spec.classes
 
 
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
@@ -433,7 +471,7 @@ class BatchLoader:
         if drop_last and len(data.images) < batch_size:
             raise DataError(f"batch size {batch_size} is larger than the dataset "
                             f"({len(data.images)} images)")
-        self.images = data.images.to(device)  # (N, 1, 28, 28) uint8, moved once
+        self.images = data.images.to(device)  # (N, C, S, S) uint8, moved once
         self.labels = data.labels.to(device)  # (N,) int64
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
         self.rank, self.world_size = rank, world_size
@@ -453,7 +491,7 @@ class BatchLoader:
             yield perm[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world_size]
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x in [-1, 1] (B,1,28,28) float, y (B,) int64) from batch ``start`` onwards."""
+        """Yield (x in [-1, 1] (B,C,S,S) float, y (B,) int64) from batch ``start`` onwards."""
         for idx in self.indices(epoch, start):
             yield to_model_range(self.images[idx]), self.labels[idx]
 
@@ -481,14 +519,35 @@ def describe(folder: str | Path, dataset: str = "mnist") -> dict:
     return out
 
 
+def describe_dataset(data_cfg, say: Callable[[str], None] | None = None) -> dict:
+    """``describe`` of the dataset a DataConfig names: the IDX files' folder, or a class
+    folder's (or cifar10's) splits with a line or two of notes (the split, what was left out)."""
+    if get_spec(data_cfg.dataset).kind == "idx":
+        folder = find_data_dir(data_cfg.dataset, data_cfg.root, data_cfg.download)
+        return describe(folder, data_cfg.dataset)
+    from .folder import describe as describe_folder
+
+    info = describe_folder(data_cfg, say)
+    kind = "RGB" if info["channels"] == 3 else "grey"
+    notes = [f"{info['image_size']}x{info['image_size']} {kind}; the test split: "
+             f"{info['split']}"]
+    if info["skipped"]:
+        notes.append(f"{len(info['skipped'])} unreadable files skipped (data.skip_bad), the "
+                     f"first {info['skipped'][0]}")
+    if info.get("ignored_files"):
+        notes.append(f"{info['ignored_files']} files left out for their suffix (not an image)")
+    return {**info, "notes": notes}
+
+
 def describe_rows(info: dict) -> tuple[list[list[str]], list[list[str]]]:
     """``describe``'s result as two tables: per-class counts (and pixel statistics) per split,
-    and the files with their checksums."""
+    and the files with their checksums (none for a class folder)."""
     splits = info["splits"].values()
     counts = [[f"{i} {name}", *(str(v["per_class"][i]) for v in splits)]
               for i, name in enumerate(info["classes"])]
-    counts.append(["pixel mean / std", *(f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
+    counts.append(["pixel mean / std", *("-" if v["pixel_std"] is None else
+                                         f"{v['pixel_mean']:.4f} / {v['pixel_std']:.4f}"
                                          for v in splits)])
     files = [[name, f["sha256"], {True: "yes", False: "MISMATCH", None: "unknown"}[f["verified"]]]
-             for name, f in info["files"].items()]
+             for name, f in info.get("files", {}).items()]
     return counts, files

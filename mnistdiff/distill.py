@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,13 +54,13 @@ from torch import Tensor, nn
 from .config import Config, DistillConfig
 from .diffusion import Schedule, get_objective
 from .errors import ConfigError, MnistdiffError
+from .files import CACHE_ENV, cache_root  # noqa: F401 (re-exported)
 from .samplers import Grid, grid_of, step_grid
 from .seeding import mix_seed
 
 CLEAN = -1  # the "timestep" of the clean image (α = 1, σ = 0)
 SHARD = 2000  # trajectories per cache file: an equal number of each class
 STORED_STEPS = 4  # the cache keeps the states of the 4-step trailing grid (for 1, 2 or 4 steps)
-CACHE_ENV = "MNISTDIFF_CACHE"
 FORMAT = 1
 
 
@@ -154,10 +153,6 @@ def teacher_trajectories(pipe, settings, labels: Tensor, seed: int, record: list
         x0, _, _ = pipe._denoise(z.clone(), y, settings, generators, grid, keep)
         out.append(torch.cat([z[None], states, x0[None]]).float().cpu())
     return torch.cat(out, dim=1)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path("~/.cache/mnistdiff").expanduser())
 
 
 class TrajectoryCache:

@@ -116,10 +116,10 @@ def _devices(torch) -> Iterator[Item]:
 
 
 def _data() -> Iterator[Item]:
-    from .data import DATASETS, ENV_VAR, find_data_dir
+    from .data import ENV_VAR, IDX_DATASETS, find_data_dir
     from .errors import MnistdiffError
 
-    for name in DATASETS:
+    for name in IDX_DATASETS:  # folder and cifar10 live where a config says
         try:
             folder = find_data_dir(name, None, download=False)
             yield Item("ok", f"data {name}", str(folder))

@@ -14,6 +14,11 @@ other papers computed in Inception space.
     cas = classification_accuracy_score(images_u8, labels, ref)  # a classifier trained on samples
     rows, images, labels = sample_and_score(pipe, 100, [pipe.settings(guidance=w) for w in (1, 3)],
                                             ref)      # what ``mnistdiff evaluate`` runs
+
+A dataset without a bundled classifier (a class folder, cifar10), or ``classifier="train"``,
+gets the same architecture trained on its own training split on first use and cached
+(``classifier.cached_classifier``); its FID statistics are those of its test split, computed
+now. The report names the classifier it used (``classifier.source``).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .classifier import Classifier, train_classifier
-from .data import find_data_dir, get_spec, load_split, to_model_range
+from .classifier import Classifier, cached_classifier, train_classifier
+from .data import LabelledImages, find_data_dir, get_spec, load_dataset, load_split, to_model_range
 from .errors import MnistdiffError
 from .files import write_atomic
 from .models import ASSETS, Manifest
@@ -39,6 +44,7 @@ MANIFEST = Manifest.FILE
 METRIC_KEYS = ("dataset", "n", "accuracy", "per_class", "fid", "precision", "recall", "k")
 REPORT_KEYS = ("version", "created", "dataset", "classifier", "source", "results", "real_floor",
                "cas")
+CLASSIFIERS = ("auto", "bundled", "train")  # auto: bundled where there is one, else train
 
 
 # --------------------------------------------------------------------------------- the classifier
@@ -86,7 +92,8 @@ def run_classifier(classifier: Classifier, images: torch.Tensor | np.ndarray,
                    batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, D) float64 and predicted classes (N,) int64 of uint8 images, in one pass."""
     device = next(classifier.parameters()).device
-    images = as_images(images)
+    images = as_images(images, (classifier.in_channels, classifier.image_size,
+                                classifier.image_size))
     feats, preds = [], []
     for batch in images.split(batch_size):
         x = to_model_range(batch.to(device)).contiguous(memory_format=torch.channels_last)
@@ -180,12 +187,27 @@ class Reference:
     cov: np.ndarray            # (D, D) bundled test-set feature covariance
     features: np.ndarray       # (N_test, D) test-set features, for precision/recall
     accuracy: float            # the classifier's test accuracy measured now (cf. info)
-    data_dir: Path             # where the IDX files were found (real_floor reads train from it)
+    data_dir: Path | None      # where the IDX files were found (real_floor reads train from it)
+    data: object = None        # the DataConfig of a dataset that is not IDX files (folder)
+    classes: tuple[str, ...] = ()  # the class names (default: the dataset's own)
     _radii: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _splits: dict[str, LabelledImages] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.classifier.parameters()).device
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.classes or get_spec(self.dataset).classes
+
+    def split(self, name: str) -> LabelledImages:
+        """The dataset's ``name`` split ("train" or "test"), as the classifier sees it."""
+        if self.data is None:
+            return load_split(self.data_dir, name, self.dataset)
+        if name not in self._splits:
+            self._splits[name] = load_dataset(self.data, name)
+        return self._splits[name]
 
     def radii(self, k: int) -> torch.Tensor:
         """k-NN radii (N_test,) of the test features, computed once per k and kept."""
@@ -196,20 +218,73 @@ class Reference:
 
 def load_reference(dataset: str = "mnist", *, data_root: str | Path | None = None,
                    download: bool = True, device: torch.device | str = "cpu",
-                   batch_size: int = 500) -> Reference:
+                   batch_size: int = 500, data=None, classifier: str = "auto",
+                   epochs: int | None = None, say: Callable[[str], None] | None = None
+                   ) -> Reference:
     """Load the classifier and statistics, and compute the test set's features from its files.
 
     ``accuracy`` is measured on the way; it equals the manifest's ``test_accuracy`` on the CPU
-    (other devices may flip a near-tie or two).
+    (other devices may flip a near-tie or two). ``classifier``: "bundled", "train" (the
+    reference architecture trained for ``epochs`` (default: classifier.default_epochs) on the
+    training split, cached; ``say``
+    hears it) or "auto" (bundled where the dataset has one). A dataset that is not IDX files
+    (folder, cifar10) is read as ``data`` (its DataConfig) describes.
     """
-    classifier = load_classifier(dataset, device)
+    if classifier not in CLASSIFIERS:
+        raise MnistdiffError(f"--classifier: got {classifier!r}, choose one of "
+                             f"{', '.join(CLASSIFIERS)}")
+    spec = get_spec(dataset)
+    if spec.kind != "idx" and data is None:
+        raise MnistdiffError(f"the {dataset} dataset needs its data config (data.root, "
+                             f"image_size, channels) to be evaluated against")
+    if classifier == "train" or (classifier == "auto" and spec.kind != "idx"):
+        return _trained_reference(dataset, data, data_root, download, device, batch_size,
+                                  epochs, say)
+    if spec.kind != "idx":
+        raise MnistdiffError(f"no bundled classifier for {dataset} datasets; use --classifier "
+                             f"train (trained on its training split once, then cached)")
+    model = load_classifier(dataset, device)
     mu, cov = reference_stats(dataset)
     data_dir = find_data_dir(dataset, data_root, download, splits=("test",))  # train: real_floor
     test = load_split(data_dir, "test", dataset)
-    features, preds = run_classifier(classifier, test.images, batch_size)
+    features, preds = run_classifier(model, test.images, batch_size)
     accuracy = float((preds == test.labels.numpy()).mean())
-    return Reference(dataset, classifier, classifier_info(dataset), mu, cov, features, accuracy,
-                     data_dir)
+    return Reference(dataset, model, {**classifier_info(dataset), "source": "bundled"}, mu, cov,
+                     features, accuracy, data_dir)
+
+
+def _trained_reference(dataset: str, data, data_root, download: bool, device, batch_size: int,
+                       epochs: int | None, say: Callable[[str], None] | None) -> Reference:
+    """The reference with the classifier trained on the training split (cached), its FID
+    statistics from the test split's features."""
+    if get_spec(dataset).kind == "idx":
+        data_dir = find_data_dir(dataset, data_root, download)
+        names = get_spec(dataset).classes
+        train, test = (load_split(data_dir, split, dataset) for split in ("train", "test"))
+    else:
+        from .folder import load
+
+        loaded = load(data, say)  # the folder's classes must be the model's (data.classes)
+        data_dir, names, train, test = None, loaded.classes, loaded.train, loaded.test
+        if len(test.labels) < 2:
+            raise MnistdiffError(f"the test split of {loaded.source} has {len(test.labels)} "
+                                 f"images; FID needs at least 2 (every 10th image of a class "
+                                 f"is a test image, or use train/ and test/ folders)")
+    model, trained = cached_classifier(train.images, train.labels, num_classes=len(names),
+                                       epochs=epochs, device=device, say=say)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    features, preds = run_classifier(model, test.images, batch_size)
+    accuracy = float((preds == test.labels.numpy()).mean())
+    info = {"source": f"trained on {trained['trained_on']} for {trained['epochs']} epochs"
+                      + (" (cached)" if trained["cached"] else ""),
+            "classifier": {"file": trained["file"], "sha256": trained["sha256"]},
+            "params": sum(p.numel() for p in model.parameters()),
+            "feature_dim": model.feature[0].out_features, "test_accuracy": accuracy}
+    ref = Reference(dataset, model, info, *gaussian_stats(features), features, accuracy,
+                    data_dir, None if data_dir is not None else data, tuple(names))
+    if data_dir is None:
+        ref._splits.update(train=train, test=test)
+    return ref
 
 
 def score(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
@@ -227,7 +302,7 @@ def score(images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
         raise MnistdiffError("scoring needs at least 2 images (FID needs a covariance)")
     correct = preds == labels
     per_class = []
-    for c, name in enumerate(get_spec(reference.dataset).classes):
+    for c, name in enumerate(reference.names):
         mask = labels == c
         acc = float(correct[mask].mean()) if mask.any() else None
         per_class.append({"class": name, "n": int(mask.sum()), "accuracy": acc})
@@ -269,8 +344,8 @@ def real_floor(reference: Reference, n: int = 10000, seed: int = 0, *, k: int = 
     The real set is class-balanced like a generated one: it has the class histogram of
     ``labels`` (the generated set's labels) when given, else ``n`` split evenly over the classes.
     """
-    train = load_split(reference.data_dir, "train", reference.dataset)
-    num_classes = len(get_spec(reference.dataset).classes)
+    train = reference.split("train")
+    num_classes = len(reference.names)
     counts = class_counts(labels, num_classes) if labels is not None else _even_counts(n, num_classes)
     idx = balanced_indices(train.labels, counts, seed)
     return score(train.images[idx], train.labels[idx], reference, k=k, batch_size=batch_size)
@@ -288,13 +363,13 @@ def classification_accuracy_score(images: torch.Tensor | np.ndarray,
     Returns {"n", "epochs", "generated": test accuracy, "real": test accuracy}. It trains two
     classifiers on the reference's device: epochs * n * 2 images, ~400 images/s per CPU core.
     """
-    images = as_images(images)
+    clf = reference.classifier
+    images = as_images(images, (clf.in_channels, clf.image_size, clf.image_size))
     labels = torch.as_tensor(labels).long().cpu()
     if len(images) != len(labels):
         raise MnistdiffError(f"{len(images)} images but {len(labels)} labels")
-    num_classes = len(get_spec(reference.dataset).classes)
-    test = load_split(reference.data_dir, "test", reference.dataset)
-    train = load_split(reference.data_dir, "train", reference.dataset)
+    num_classes = len(reference.names)
+    test, train = reference.split("test"), reference.split("train")
     real_idx = balanced_indices(train.labels, class_counts(labels, num_classes), seed)
 
     def test_accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -393,7 +468,8 @@ def make_report(reference: Reference, source: dict, results: list[dict],
     info = reference.info
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"version": __version__, "created": created, "dataset": reference.dataset,
-            "classifier": {"sha256": info["classifier"]["sha256"], "params": info["params"],
+            "classifier": {"source": info.get("source", "bundled"),
+                           "sha256": info["classifier"]["sha256"], "params": info["params"],
                            "test_accuracy": info["test_accuracy"],
                            "test_accuracy_measured": reference.accuracy,
                            "feature_space": f"penultimate layer ({info['feature_dim']}-d)",

@@ -150,6 +150,17 @@ def check_outputs(outputs: Mapping[str, str | Path | None],
             raise MnistdiffError(f"{option} {folder} is also {other}; give it its own folder")
 
 
+CACHE_ENV = "MNISTDIFF_CACHE"
+
+
+def cache_root() -> Path:
+    """Where computed data is kept between runs (the teacher trajectories of a distillation,
+    decoded class-folder datasets, classifiers trained on first use): ``$MNISTDIFF_CACHE``,
+    else ``~/.cache/mnistdiff``. Every entry is named by a hash of what it was computed from,
+    so a stale one is never read; deleting the folder only costs recomputing."""
+    return Path(os.environ.get(CACHE_ENV) or Path("~/.cache/mnistdiff").expanduser())
+
+
 def available_memory() -> int | None:
     """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
     try:

@@ -263,6 +263,8 @@ class SampleJob:
             raise MnistdiffError(f"--n {self.n}: the grid shows at most {self.shown} images per "
                                  f"{_noun(pipe, False)}; write more with --npz or --individual")
         self._check_individual_names()
+        if self.init_image is not None or self.drawing is not None:
+            pipe.check_drawable()
         if self.init_image is not None:
             self.drawing = _read_drawing(self.init_image, self.mask)
         if self.drawing is not None:
@@ -298,12 +300,13 @@ class SampleJob:
         """Refuse before sampling what cannot fit: the batch's activations and the grid in
         memory; the NPZ (as if it did not compress), the grid and a 4 KiB block plus its
         pixels per individual PNG on disk."""
-        grid = len(self.classes) * self.shown * (30 * self.scale) ** 2  # bytes, with padding
+        c, size = self.pipe.channels, self.pipe.image_size
+        grid = len(self.classes) * self.shown * c * ((size + 2) * self.scale) ** 2  # with padding
         disk = {self.out: grid}
         if self.npz is not None:
-            disk[self.npz] = self.total * (28 * 28 + 8) + 4096
+            disk[self.npz] = self.total * (c * size * size + 8) + 4096
         if self.individual is not None:
-            disk[self.individual] = self.total * (4096 + (28 * self.scale) ** 2)
+            disk[self.individual] = self.total * (4096 + c * (size * self.scale) ** 2)
         batch = min(self.batch_size, self.total)
         check_space(disk, memory=4 * grid + batch * activation_bytes(self.pipe.config),
                     what=f"{self.total:,} images in batches of {batch:,}")
@@ -322,7 +325,8 @@ class SampleJob:
 
         with all_or_nothing():
             written, samples = _write_batches(batches, self.out, self.npz, self.individual,
-                                              self.scale, self.n, self.shown, self.total)
+                                              self.scale, self.n, self.shown, self.total,
+                                              (p.channels, p.image_size, p.image_size))
         what = _what(p, self.classes, self.n)
         if self.drawing is not None:
             what += f", completing {self.init_image or 'the drawing'}" + (
@@ -351,7 +355,7 @@ def activation_bytes(config) -> int:
     pass. Measured peak for the bundled mnist at batch 256 on a CPU: ~1.0 MB per image; this
     gives ~1.3 MB."""
     m = config.model
-    size, total = 28 // m.patch_size, 0
+    size, total = config.data.image_size // m.patch_size, 0
     for level, channels in enumerate(m.channels):
         side = size // (2 ** level)
         total += (4 * m.num_res_blocks + 6) * channels * side * side
@@ -368,8 +372,9 @@ def _read_drawing(init_image: Path, mask: Optional[Path]):
 
 
 def _write_batches(batches, out: Path, npz: Optional[Path], individual: Optional[Path],
-                   scale: int, n: int, shown: int, total: int):
-    """Stream the batches into the NPZ and the PNGs, keep the grid's images, write the grid.
+                   scale: int, n: int, shown: int, total: int, shape: tuple = (1, 28, 28)):
+    """Stream the batches into the NPZ and the PNGs, keep the grid's images, write the grid
+    (images of ``shape``, (C, H, W)).
     Returns (the paths written, the Samples of the grid's images with the run's NFE/seconds)."""
     import contextlib
     import time
@@ -382,7 +387,8 @@ def _write_batches(batches, out: Path, npz: Optional[Path], individual: Optional
 
     start, kept, kept_labels, offset, last = time.perf_counter(), [], [], 0, None
     with contextlib.ExitStack() as stack:
-        writer = None if npz is None else stack.enter_context(NpzSamplesWriter(npz, total))
+        writer = None if npz is None else stack.enter_context(NpzSamplesWriter(npz, total,
+                                                                                shape))
         for batch in batches:  # memory stays bounded by the batch (and the grid's images)
             index = torch.arange(offset, offset + len(batch.images))
             keep = index % n < shown
@@ -446,8 +452,9 @@ class AnimateJob:
                                          else self.classes)
         self.s = pipe.settings(**self.settings)
         frames = self.frames or min(self.s.steps + 1, 30)
-        side = (len(self.classes) * 30 + 2) * self.scale  # a frame: the digits side by side
-        frame_bytes = side * (32 + 12) * self.scale  # and a caption band
+        size = pipe.image_size
+        side = (len(self.classes) * (size + 2) + 2) * self.scale  # a frame: the images side by side
+        frame_bytes = pipe.channels * side * (size + 4 + 12) * self.scale  # and a caption band
         check_space({self.out: frames * frame_bytes, **({self.strip: frames * frame_bytes}
                                                         if self.strip else {})},
                     memory=4 * frames * frame_bytes,
@@ -523,7 +530,9 @@ class MorphJob:
 @dataclass
 class EvaluateJob:
     """``mnistdiff evaluate``: class accuracy, FID, precision/recall (and the real floor, CAS) of
-    a model's balanced samples at one or more guidance scales, or of an NPZ of samples."""
+    a model's balanced samples at one or more guidance scales, or of an NPZ of samples. The
+    classifier is the bundled one of MNIST and Fashion-MNIST, or (a class folder, cifar10,
+    ``classifier="train"``) the same architecture trained on the training split on first use."""
 
     n: Optional[int]
     scales: Optional[list[float]]
@@ -537,6 +546,8 @@ class EvaluateJob:
     cas: bool = False
     cas_epochs: int = 10
     npz: Optional[Path] = None
+    classifier: str = "auto"
+    classifier_epochs: Optional[int] = None  # None: classifier.default_epochs
     pipe: Any = None
     runs: list = field(default_factory=list)  # the validated Settings, one per guidance scale
     reference: Any = None
@@ -548,7 +559,10 @@ class EvaluateJob:
                     data_dir: str | Path | None = None, out: str | Path | None = None,
                     floor: bool = True, batch_size: Optional[int] = None, cas: bool = False,
                     cas_epochs: int = 10, npz: str | Path | None = None,
+                    classifier: str = "auto", classifier_epochs: Optional[int] = None,
                     checkpoint: Optional[str] = None, **settings) -> EvaluateJob:
+        from .evaluation import CLASSIFIERS
+
         settings = check_settings(settings)
         if samples is not None and (checkpoint is not None or scales is not None or
                                     n is not None or settings):
@@ -559,6 +573,11 @@ class EvaluateJob:
         if batch_size is not None:
             whole("--batch-size", batch_size, (1, 1_000_000))
         whole("--cas-epochs", cas_epochs, "cas_epochs")
+        if classifier_epochs is not None:
+            whole("--classifier-epochs", classifier_epochs, "cas_epochs")
+        if classifier not in CLASSIFIERS:
+            raise MnistdiffError(f"--classifier: got {excerpt(classifier)}, choose one of "
+                                 f"{', '.join(CLASSIFIERS)}")
         if npz is not None and (samples is not None or (scales is not None and len(scales) > 1)):
             raise MnistdiffError("--npz saves the samples of one guidance setting; it excludes "
                                  "--samples and --guidance-sweep")
@@ -568,7 +587,8 @@ class EvaluateJob:
             check_readable(samples, "--samples")
         job = cls(n, scales, settings, None if samples is None else Path(samples), dataset,
                   None if data_dir is None else Path(data_dir), None if out is None else Path(out),
-                  floor, batch_size, cas, cas_epochs, None if npz is None else Path(npz))
+                  floor, batch_size, cas, cas_epochs, None if npz is None else Path(npz),
+                  classifier, classifier_epochs)
         job._check_outputs({"--samples": samples, **_file(checkpoint)})
         return job
 
@@ -582,9 +602,10 @@ class EvaluateJob:
         check_outputs({"--out": self.out, "the sweep plot": self.plot, "--npz": self.npz}, inputs,
                       suffixes={"--out": (".json",), "--npz": (".npz",)})
 
-    def bind(self, pipe=None) -> EvaluateJob:
+    def bind(self, pipe=None, say: Callable[[str], None] = lambda line: None) -> EvaluateJob:
         """Check the settings of every scale against the model, find the data (the flag, else
-        the run's stored data.root) and load the reference: before any sampling."""
+        the run's stored data.root) and load the reference: before any sampling. ``say``
+        hears a folder being read or a classifier being trained (both cached)."""
         from .run import report_path
 
         self.pipe = pipe
@@ -596,32 +617,47 @@ class EvaluateJob:
                          for w in self.scales or [None]]
             n = self.n or pipe.config.eval.n
             # every sample and its features are held for scoring: refuse an n that cannot fit
-            check_space({}, memory=n * (28 * 28 + 8 + 2 * self._feature_dim() * 8),
+            image = pipe.channels * pipe.image_size ** 2
+            check_space({}, memory=n * (image + 8 + 2 * self._feature_dim() * 8),
                         what=f"{n:,} samples and their features")
         elif self.out is None:
             self.out = Path("report.json")
             self._check_outputs({"--samples": self.samples})
         self.config = self._data_config()
-        self.reference = _reference(self.config, self.floor, pipe)
+        self.reference = _reference(self.config, self.floor, pipe, self.classifier,
+                                    self.classifier_epochs, say)
         return self
 
     def _data_config(self):
         """Where the data is: --data-dir and --dataset win; else what the model's run stored
-        (data.root, verify, download: a run remembers its data folder); else the defaults."""
-        from .config import config_from_dict
+        (data.root, verify, download, a folder's image shape and classes: a run remembers its
+        data); else the defaults. A samples NPZ of a folder model gives the image shape."""
+        import dataclasses
 
-        data = {} if self.pipe is None else {
-            k: v for k, v in vars(self.pipe.config.data).items() if v is not None}
+        from .config import config_from_dict
+        from .data import get_spec
+
+        d: dict = {"data": {}}
+        if self.pipe is not None:
+            d = {"data": {k: v for k, v in vars(self.pipe.config.data).items() if v is not None},
+                 "model": dataclasses.asdict(self.pipe.config.model)}
         if self.data_dir is not None:
-            data = {**data, "root": str(self.data_dir)}
+            d["data"]["root"] = str(self.data_dir)
         if self.dataset is not None:
-            data["dataset"] = self.dataset
-        return config_from_dict({"data": data})
+            d["data"]["dataset"] = self.dataset
+        if self.pipe is None and get_spec(d["data"].get("dataset", "mnist")).kind != "idx":
+            c, size = _npz_shape(self.samples)
+            d["data"].update(channels=c, image_size=size)
+        return config_from_dict(d)
 
     def _feature_dim(self) -> int:
+        from .data import get_spec
         from .evaluation import classifier_info
 
-        return int(classifier_info(self.pipe.config.data.dataset)["feature_dim"])
+        dataset = self.pipe.config.data.dataset
+        if self.classifier == "train" or get_spec(dataset).kind != "idx":
+            return 128  # the reference architecture's (classifier.Classifier)
+        return int(classifier_info(dataset)["feature_dim"])
 
     def run(self, say: Callable[[str], None] = lambda line: None) -> Result:
         from . import evaluation
@@ -632,7 +668,9 @@ class EvaluateJob:
         ref, k, batch = self.reference, self.config.eval.knn_k, self.batch_size or \
             self.config.eval.batch_size
         if self.pipe is None:
-            images, labels = load_npz_samples(self.samples)
+            clf = ref.classifier
+            images, labels = load_npz_samples(self.samples, len(ref.names),
+                                              (clf.in_channels, clf.image_size, clf.image_size))
             rows = [evaluation.score(images, labels, ref, k=k, batch_size=batch)]
             source = {"samples": str(self.samples)}
         else:
@@ -662,25 +700,41 @@ class EvaluateJob:
                       {"rows": rows, "floor": floor, "cas": cas, "k": k})
 
 
-def _reference(cfg, floor: bool, pipe):
-    """The bundled classifier and test statistics; missing data is said before any sampling,
-    with what --no-floor changes."""
+def _npz_shape(samples: Path) -> tuple[int, int]:
+    """(channels, image side) of the images in a samples NPZ (read to find out)."""
+    from .npz import load_npz_samples
+
+    images, _ = load_npz_samples(samples, num_classes=1000, shape=None)
+    if images.shape[-1] != images.shape[-2]:
+        raise MnistdiffError(f"--samples {samples}: images of {tuple(images.shape[-2:])} "
+                             f"pixels; a folder model's are square")
+    return (1 if images.ndim == 3 else images.shape[1]), images.shape[-1]
+
+
+def _reference(cfg, floor: bool, pipe, classifier: str = "auto", epochs: Optional[int] = None,
+               say: Callable[[str], None] = lambda line: None):
+    """The reference classifier and test statistics; missing data is said before any
+    sampling, with what --no-floor changes. A folder is checked (read, or its cache) by
+    loading the reference itself."""
     from . import evaluation
-    from .data import DatasetSpec, find_data_dir, has_split
+    from .data import DatasetSpec, find_data_dir, get_spec, has_split
     from .errors import DataError
 
-    floor_hint = "; the real floor also needs the training split (--no-floor skips it)"
-    try:
-        folder = find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download, ("test",))
-        if floor and not has_split(folder, "train"):
-            raise DataError(f"{folder}: no training split "
-                            f"({', '.join(DatasetSpec.files('train'))})")
-    except DataError as e:
-        raise DataError(f"{e}{floor_hint if floor else ''}") from None
     device = pipe.device if pipe is not None else "cpu"
+    if get_spec(cfg.data.dataset).kind == "idx":
+        floor_hint = "; the real floor also needs the training split (--no-floor skips it)"
+        try:
+            folder = find_data_dir(cfg.data.dataset, cfg.data.root, cfg.data.download,
+                                   ("test",))
+            if floor and not has_split(folder, "train"):
+                raise DataError(f"{folder}: no training split "
+                                f"({', '.join(DatasetSpec.files('train'))})")
+        except DataError as e:
+            raise DataError(f"{e}{floor_hint if floor else ''}") from None
     return evaluation.load_reference(cfg.data.dataset, data_root=cfg.data.root,
                                      download=cfg.data.download, device=device,
-                                     batch_size=cfg.eval.batch_size)
+                                     batch_size=cfg.eval.batch_size, data=cfg.data,
+                                     classifier=classifier, epochs=epochs, say=say)
 
 
 def _per_class(wanted_n: int, classes: int, say: Callable[[str], None]) -> int:
@@ -696,8 +750,11 @@ def _per_class(wanted_n: int, classes: int, say: Callable[[str], None]) -> int:
 
 # --------------------------------------------------------------------------------- data preview
 
-def preview(cfg, out: str | Path, per_class: int, split: str = "train", scale: int = 2) -> Result:
-    """``mnistdiff data preview``: a PNG grid of real images, one row of ``per_class`` per class."""
+def preview(cfg, out: str | Path, per_class: int, split: str = "train", scale: int = 2,
+            say: Callable[[str], None] | None = None) -> Result:
+    """``mnistdiff data preview``: a PNG grid of real images, one row of ``per_class`` per class
+    (a folder's or cifar10's rows are labelled with their class names, and a class with fewer
+    images shows what it has; MNIST's digits speak for themselves)."""
     per_class = whole("--n", per_class, (1, 100))
     scale = whole("--scale", scale, "scale")
     if split not in ("train", "test"):
@@ -705,13 +762,26 @@ def preview(cfg, out: str | Path, per_class: int, split: str = "train", scale: i
     check_outputs({"--out": out}, suffixes={"--out": (".png",)})
     import torch
 
-    from .data import get_spec, load_dataset
-    from .visualize import image_grid, save_image
+    from .data import class_names, get_spec, load_dataset
+    from .visualize import image_grid, labelled_grid, save_image
 
-    images, labels = load_dataset(cfg.data, split)
-    classes = get_spec(cfg.data.dataset).classes
+    images, labels = load_dataset(cfg.data, split, say)
+    classes = class_names(cfg.data)
     rows = [images[labels == c][:per_class] for c in range(len(classes))]
-    if any(len(r) < per_class for r in rows):
-        raise MnistdiffError(f"the {split} split has fewer than {per_class} images of some class")
-    path = save_image(image_grid(torch.cat(rows), nrow=per_class, scale=scale), out)
-    return Result([path], f"{len(classes)} classes x {per_class}")
+    if get_spec(cfg.data.dataset).kind == "idx":
+        if any(len(r) < per_class for r in rows):
+            raise MnistdiffError(f"the {split} split has fewer than {per_class} images of some "
+                                 f"class")
+        grid = image_grid(torch.cat(rows), nrow=per_class, scale=scale)
+    else:
+        blank = torch.zeros((per_class, *images.shape[1:]), dtype=torch.uint8)
+        grid = labelled_grid(torch.cat([torch.cat([r, blank[len(r):]]) for r in rows]),
+                             classes, max_cols=per_class, scale=scale)
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    path = save_image(grid, out)
+    shown = f"{len(classes)} classes x {per_class}"
+    if get_spec(cfg.data.dataset).kind != "idx":
+        shown += f" of the {split} split (" + ", ".join(
+            f"{name} {k}" for name, k in zip(classes[:10], counts)) + (
+            ", ..." if len(classes) > 10 else "") + ")"
+    return Result([path], shown)

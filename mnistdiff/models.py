@@ -364,14 +364,13 @@ def summary(loaded: Loaded | None = None, *, model: nn.Module | None = None,
     import torch
     import torchinfo
 
-    from .unet import IMAGE_SIZE, count_parameters
-
-    from .unet import build_model
+    from .unet import build_model, count_parameters
 
     if loaded is not None:
         model, config = loaded.model, loaded.config
-    model = (build_model(config.model) if model is None else model).to("cpu").eval()
-    inputs = [torch.zeros(1, config.model.in_channels, IMAGE_SIZE, IMAGE_SIZE),
+    size = config.data.image_size
+    model = (build_model(config.model, size) if model is None else model).to("cpu").eval()
+    inputs = [torch.zeros(1, config.model.in_channels, size, size),
               torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)]  # x, t, y
     stats = torchinfo.summary(model, input_data=inputs, depth=depth, verbose=0)
     layers, seen = [], set()
@@ -418,7 +417,7 @@ def facts(config: Config, info: dict | None, summary_: dict | None = None) -> li
     from :func:`summary` (parameters and multiply-accumulates) when known."""
     d, s = config.diffusion, config.sample
     lo, hi = s.guidance_interval
-    rows = [("dataset", config.data.dataset),
+    rows = [("dataset", _dataset_text(config.data)),
             ("network", f"U-Net, channels {list(config.model.channels)}, "
                         f"{config.model.num_res_blocks} residual blocks per level"
                         + (", attention at the lowest level" if config.model.attention else "")),
@@ -444,6 +443,18 @@ def facts(config: Config, info: dict | None, summary_: dict | None = None) -> li
     if info is not None:
         rows += _checkpoint_facts(config, info)
     return rows
+
+
+def _dataset_text(dc) -> str:
+    """'mnist', or for other images their shape and classes: 'folder: 32x32 RGB, 3 classes
+    (circle, square, triangle)'."""
+    if (dc.image_size, dc.channels) == (28, 1) and dc.classes is None:
+        return dc.dataset
+    text = f"{dc.dataset}: {dc.image_size}x{dc.image_size} {'RGB' if dc.channels == 3 else 'grey'}"
+    if dc.classes:
+        names = ", ".join(dc.classes[:8]) + (", ..." if len(dc.classes) > 8 else "")
+        text += f", {len(dc.classes)} classes ({names})"
+    return text
 
 
 def _checkpoint_facts(config: Config, info: dict) -> list[tuple[str, str]]:

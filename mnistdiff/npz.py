@@ -1,5 +1,8 @@
 """The samples format: an NPZ of ``images`` uint8 (N, 28, 28) and ``labels`` int64 (N,), what
-``sample --npz`` and ``evaluate --npz`` write and ``evaluate --samples`` reads.
+``sample --npz`` and ``evaluate --npz`` write and ``evaluate --samples`` reads. Images of other
+models are (N, S, S) grey or (N, S, S, 3) RGB: channels last, as NumPy and PIL keep pixels
+(``load_npz_samples`` also reads (N, 1, S, S) and (N, 3, S, S), and returns the in-memory
+layout of ``pipeline.Samples``: (N, S, S) or (N, 3, S, S)).
 
     save_npz_samples("s.npz", images, labels)          # all at once
     with NpzSamplesWriter("s.npz", total=n) as npz:     # batch by batch, memory bounded
@@ -33,23 +36,43 @@ ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Runtime
           NotImplementedError, SyntaxError, RecursionError, MemoryError)
 
 
-def as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """(N, 28, 28) or (N, 1, 28, 28) uint8 array or tensor -> (N, 1, 28, 28) uint8 tensor."""
+GREY28 = (1, 28, 28)  # MNIST's (C, H, W)
+
+
+def _layouts(shape: tuple | None) -> str:
+    """The shapes a message accepts for images of ``shape`` (C, H, W); None: any."""
+    if shape is None:
+        return "(N, H, W), (N, 1, H, W) or (N, 3, H, W)"
+    c, h, w = shape
+    return f"(N, {h}, {w}) or (N, 1, {h}, {w})" if c == 1 else f"(N, 3, {h}, {w})"
+
+
+def as_images(images: torch.Tensor | np.ndarray,
+              shape: tuple[int, int, int] | None = GREY28) -> torch.Tensor:
+    """(N, H, W) or (N, C, H, W) uint8 array or tensor (C = 1 or 3) -> (N, C, H, W) uint8
+    tensor; ``shape`` is the (C, H, W) expected (default MNIST's, None: any)."""
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
         raise MnistdiffError(f"images must be uint8 (0-255), got {images.dtype}")
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or (
+            shape is not None and tuple(images.shape[1:]) != tuple(shape)):
         raise MnistdiffError(f"images have shape {tuple(images.shape)}, "
-                             f"expected (N, 28, 28) or (N, 1, 28, 28)")
+                             f"expected {_layouts(shape)}")
     return images
+
+
+def _stored(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) -> the stored layout: (N, H, W) grey, (N, H, W, 3) RGB."""
+    return (images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)).cpu().numpy()
 
 
 def save_npz_samples(path: str | Path, images: torch.Tensor | np.ndarray,
                      labels: torch.Tensor | np.ndarray) -> Path:
-    """Write (atomically) the samples format: ``images`` uint8 (N, 28, 28) and ``labels`` int64 (N,)."""
-    images = as_images(images)[:, 0].cpu().numpy()
+    """Write (atomically) the samples format: ``images`` uint8 (N, 28, 28) ((N, S, S) or
+    (N, S, S, 3)) and ``labels`` int64 (N,)."""
+    images = _stored(as_images(images, None))
     labels = torch.as_tensor(labels).long().cpu().numpy()
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images, labels=labels)
@@ -68,8 +91,10 @@ class NpzSamplesWriter:
     (N, 28, 28) and ``labels`` int64 (N,), zip64 for large N), written atomically: it appears
     complete when the block ends, or not at all."""
 
-    def __init__(self, path: str | Path, total: int):
+    def __init__(self, path: str | Path, total: int, shape: tuple[int, int, int] = GREY28):
+        """``shape``: the (C, H, W) of every image written."""
         self.path, self.total, self.written = Path(path), int(total), 0
+        self.shape = tuple(shape)
 
     def __enter__(self) -> NpzSamplesWriter:
         import tempfile
@@ -84,14 +109,16 @@ class NpzSamplesWriter:
             self._labels = self._stack.enter_context(tempfile.TemporaryFile())
             self._images = self._zip.open("images.npy", "w", force_zip64=True)
             np.lib.format.write_array_header_1_0(self._images, {
-                "descr": "|u1", "fortran_order": False, "shape": (self.total, 28, 28)})
+                "descr": "|u1", "fortran_order": False,
+                "shape": (self.total, *_stored(torch.zeros(1, *self.shape, dtype=torch.uint8)
+                                               ).shape[1:])})
         except BaseException:
             self._stack.close()
             raise
         return self
 
     def write(self, images: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> None:
-        images = as_images(images)[:, 0].cpu().numpy()
+        images = _stored(as_images(images, self.shape))
         labels = torch.as_tensor(labels).long().cpu().numpy()
         if len(images) != len(labels) or self.written + len(images) > self.total:
             raise ValueError(f"{len(images)} images and {len(labels)} labels after "
@@ -119,8 +146,11 @@ class NpzSamplesWriter:
         self._stack.__exit__(exc_type, exc, tb)
 
 
-def load_npz_samples(path: str | Path, num_classes: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read and check a samples NPZ -> (images uint8 (N, 28, 28), labels int64 (N,)).
+def load_npz_samples(path: str | Path, num_classes: int = 10,
+                     shape: tuple[int, int, int] | None = GREY28
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read and check a samples NPZ -> (images uint8 (N, 28, 28), labels int64 (N,)); images
+    of ``shape`` (C, H, W; None: any) come as (N, H, W) grey or (N, 3, H, W) RGB.
 
     Bounded by what the file declares, checked before anything is inflated: only the 'images'
     and 'labels' members are read (another member, however large, costs nothing), each .npy
@@ -138,12 +168,14 @@ def load_npz_samples(path: str | Path, num_classes: int = 10) -> tuple[torch.Ten
             heads = {key: _header(zf, members[key]) for key in ("images", "labels")}
         except ERRORS as e:
             raise _cannot(path, e) from None
-        shape3 = _check_headers(path, heads, members)
+        layout = _check_headers(path, heads, members, shape)
         try:
             images, labels = (_data(zf, members[key], *heads[key]) for key in ("images", "labels"))
         except ERRORS as e:
             raise _cannot(path, e) from None
-    images = images.reshape(shape3)
+    images = images.reshape(layout[0])
+    if layout[1]:  # stored channels last
+        images = images.transpose(0, 3, 1, 2)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise MnistdiffError(f"{path}: labels must lie in 0..{num_classes - 1}, found "
                              f"{labels.min()}..{labels.max()}")
@@ -209,18 +241,40 @@ def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple, bool, np
     return tuple(shape), fortran, dtype, head.tell()
 
 
-def _check_headers(path: Path, heads: dict, members: dict) -> tuple:
-    """The images' shape as (N, 28, 28), once the two headers are checked against the format,
-    each other, their members' sizes and the available memory."""
+def _image_layout(shape: tuple) -> tuple[tuple, bool, tuple] | None:
+    """(the shape to read the images as, whether it is channels last, (C, H, W)) of a stored
+    'images' shape: (N, H, W), (N, 1, H, W), (N, H, W, 3) or (N, 3, H, W); None otherwise."""
+    if len(shape) == 3:
+        return shape, False, (1, *shape[1:])
+    if len(shape) == 4 and shape[1] == 1:
+        return (shape[0], *shape[2:]), False, (1, *shape[2:])
+    if len(shape) == 4 and shape[3] == 3 and shape[1] != 3:
+        return shape, True, (3, *shape[1:3])
+    if len(shape) == 4 and shape[1] == 3:
+        return shape, False, (3, *shape[2:])
+    return None
+
+
+def _check_headers(path: Path, heads: dict, members: dict,
+                   expected: tuple | None = GREY28) -> tuple[tuple, bool]:
+    """(the shape to read the images as, whether it is channels last), once the two headers
+    are checked against the format (images of ``expected`` (C, H, W), None: any), each other,
+    their members' sizes and the available memory."""
     from .files import _size, available_memory
 
     (shape, _, dtype, _), (lshape, _, ldtype, _) = heads["images"], heads["labels"]
     if dtype != np.uint8:
         raise MnistdiffError(f"{path}: 'images' must be uint8 (0-255), got {dtype}")
-    shape3 = (shape[0],) + shape[2:] if len(shape) == 4 and shape[1] == 1 else shape
-    if len(shape3) != 3 or shape3[1:] != (28, 28) or shape3[0] == 0:
+    layout = _image_layout(tuple(shape))
+    if layout is None or shape[0] == 0 or (expected is not None and layout[2] != tuple(expected)):
+        stored = ("(N, H, W), (N, H, W, 3) or their channels-first forms" if expected is None
+                  else f"(N, {expected[1]}, {expected[2]}) or (N, 1, {expected[1]}, "
+                       f"{expected[2]})" if expected[0] == 1
+                  else f"(N, {expected[1]}, {expected[2]}, 3) or (N, 3, {expected[1]}, "
+                       f"{expected[2]})")
         raise MnistdiffError(f"{path}: 'images' has shape {_clip(shape, 60)}, expected "
-                             f"(N, 28, 28) or (N, 1, 28, 28) with N > 0")
+                             f"{stored} with N > 0")
+    shape3 = layout[0]
     if len(lshape) != 1 or not np.issubdtype(ldtype, np.integer):
         raise MnistdiffError(f"{path}: 'labels' must be a 1-d integer array, got "
                              f"{ldtype} {_clip(lshape, 60)}")
@@ -236,12 +290,12 @@ def _check_headers(path: Path, heads: dict, members: dict) -> tuple:
                                  f"({declared:,} bytes) but its member holds "
                                  f"{max(info.file_size - offset, 0):,}; the file is "
                                  f"truncated or corrupted")
-    need = n * (28 * 28 + ldtype.itemsize + 8)  # images, labels as stored and as int64
+    need = n * (math.prod(layout[2]) + ldtype.itemsize + 8)  # images, labels (stored, int64)
     avail = available_memory()
     if avail is not None and need > avail:
         raise MnistdiffError(f"{path}: {n:,} samples need about {_size(need)} of memory but "
                              f"only {_size(avail)} is available")
-    return shape3
+    return layout[:2]
 
 
 def _data(zf: zipfile.ZipFile, info: zipfile.ZipInfo, shape: tuple, fortran: bool,

@@ -6,6 +6,10 @@
     out.grid()                                  # a labelled PIL grid (notebooks show `out` itself)
     frames, captions = pipe.trajectory([0, 3, 7], frames=20)   # frames: uint8 (20, 3, 28, 28)
 
+Images are uint8 tensors on the CPU, (N, S, S) for a grey model (MNIST: S = 28) and
+(N, 3, S, S) for an RGB one (data.channels 3, as a folder dataset may be); a trajectory's
+frames add the frame axis in front.
+
 Settings (sampler, steps, spacing, guidance, guidance interval, eta, seed) default to the
 checkpoint's ``sample`` section. ``pipe.settings(steps=10)`` validates once and returns a
 :class:`Settings`; every sampling method takes one as ``settings=`` or the same names as
@@ -32,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import Config, bounds, excerpt
-from .data import get_spec, to_model_range, to_uint8
+from .data import class_names, to_model_range, to_uint8
 from .diffusion import GuidedEps, get_objective, make_schedule
 from .errors import MnistdiffError
 from .samplers import SAMPLERS, SPACINGS, Grid, ddim_sigma, ddim_step, denoise, step_grid
@@ -44,7 +48,7 @@ StepCallback = Callable[[dict], None]
 
 
 class Samples(NamedTuple):
-    images: Tensor  # (N, 28, 28) uint8 on the CPU
+    images: Tensor  # (N, S, S) uint8 on the CPU, (N, 3, S, S) for RGB (MNIST: S = 28)
     labels: Tensor  # (N,) int64
     nfe: int  # network evaluations per image (a batched conditional + unconditional pass is one)
     seconds: float
@@ -68,7 +72,7 @@ class Samples(NamedTuple):
 
 
 class Trajectory(NamedTuple):
-    frames: Tensor  # (F, D, 28, 28) uint8: F moments of the reverse process for D digits
+    frames: Tensor  # (F, D, S, S) uint8 (F, D, 3, S, S): F moments of the reverse process, D images
     captions: list[str]  # one per frame: the step and the timestep it shows
 
 
@@ -259,7 +263,9 @@ class Pipeline:
                                       device=self.device)
         self.objective = get_objective(d.objective)
         self.num_classes = config.model.num_classes  # also the null label
-        self.classes = get_spec(config.data.dataset).classes[:self.num_classes]
+        names = class_names(config.data, look=False)  # a folder model's are in its config
+        self.classes = (names or tuple(str(c) for c in range(self.num_classes)))[:self.num_classes]
+        self.image_size, self.channels = config.data.image_size, config.model.in_channels
         self.info = info or {}  # where the weights came from (models.read)
 
     def __repr__(self) -> str:
@@ -325,6 +331,14 @@ class Pipeline:
             integer("digit", c, 0, k - 1, f" (the classes of {self.config.data.dataset})")
         return [int(c) for c in digits]
 
+    def check_drawable(self) -> None:
+        """Completing a drawing (inpaint, the page's canvas) is for 28x28 grey models only."""
+        if (self.channels, self.image_size) != (1, IMAGE_SIZE):
+            kind = "RGB" if self.channels == 3 else "grey"
+            raise MnistdiffError(f"completing a drawing needs a {IMAGE_SIZE}x{IMAGE_SIZE} grey "
+                                 f"model; {self.name} makes {self.image_size}x{self.image_size} "
+                                 f"{kind} images")
+
     def batch_size(self, batch_size: int | None = None) -> int:
         return integer("batch_size", self.config.sample.batch_size if batch_size is None
                        else batch_size, *bounds("sample.batch_size"))
@@ -345,9 +359,9 @@ class Pipeline:
         return ImageGenerators.for_images(seed, first, count, self.device)
 
     def _noise(self, generators: ImageGenerators) -> Tensor:
-        """The starting noise x_T of one batch: (B, C, 28, 28), row b from generator b."""
-        return generators.randn((len(generators), self.config.model.in_channels, IMAGE_SIZE,
-                                 IMAGE_SIZE))
+        """The starting noise x_T of one batch: (B, C, S, S), row b from generator b."""
+        return generators.randn((len(generators), self.channels, self.image_size,
+                                 self.image_size))
 
     def _eps_fn(self, y: Tensor, s: Settings) -> GuidedEps:
         return GuidedEps(self._forward, self.schedule, y, s.guidance, self.objective,
@@ -356,7 +370,7 @@ class Pipeline:
     def _denoise(self, x: Tensor, y: Tensor, s: Settings, generators: ImageGenerators,
                  grid: Grid, callback: StepCallback | None = None,
                  eps_fn: Callable | None = None) -> tuple[Tensor, int, int]:
-        """Run the reverse process from noise x (B, C, 28, 28) for labels y (B,) on the step
+        """Run the reverse process from noise x (B, C, S, S) for labels y (B,) on the step
         grid: (x0, NFE, passes). The sampler's own options (ddim's eta) come from the settings."""
         eps_fn = self._eps_fn(y, s) if eps_fn is None else eps_fn
         fn = SAMPLERS[s.sampler]
@@ -459,6 +473,7 @@ class Pipeline:
         pixels where the mask is set. ``resample`` > 1 is RePaint's resampling: after each step
         x is noised back to the step's start and the step redone (a DDPM posterior step),
         ``resample - 1`` more times, at ``resample`` times the network evaluations."""
+        self.check_drawable()
         s = self.settings(settings, **values)
         digits = self.check_digits(digits)
         n = integer("n", n, 1)
@@ -583,7 +598,7 @@ class Pipeline:
 class Morph(NamedTuple):
     """What ``Pipeline.interpolate`` returns."""
 
-    images: Tensor  # (F, 28, 28) uint8, from the first end to the second
+    images: Tensor  # (F, S, S) or (F, 3, S, S) uint8, from the first end to the second
     alphas: list[float]  # the interpolation fraction of each frame, 0 .. 1
     digits: tuple[int, int]
     seeds: tuple[int, int]

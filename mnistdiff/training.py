@@ -46,6 +46,7 @@ from .checkpoint import (LAST, check_optimizer_fits, check_resumable, check_same
 from .config import Config, TrainConfig, config_to_dict
 from .data import BatchLoader, load_dataset
 from .errors import ConfigError, MnistdiffError
+from .folder import adopt_classes
 from .pipeline import Pipeline, resolve_device
 from .run import CHECKPOINTS, LOG, append_log, check_new_run, close_run, open_run, run_lock
 from .seeding import mix_seed
@@ -232,7 +233,7 @@ def build_parts(cfg: Config, rt: Runtime, total_steps: int) -> Parts:
     tc, cuda = cfg.train, rt.device.type == "cuda"
     torch.manual_seed(tc.seed)
     memory_format = torch.channels_last if tc.channels_last and cuda else torch.contiguous_format
-    model = build_model(cfg.model).to(rt.device, memory_format=memory_format)
+    model = build_model(cfg.model, cfg.data.image_size).to(rt.device, memory_format=memory_format)
     ema = build_ema(model, tc.ema_decay)
     optimizer = build_optimizer(model, tc)
     ddp = None
@@ -298,7 +299,7 @@ def make_loss(cfg: Config, schedule: diffusion.Schedule) -> LossFn:
     return denoising_loss
 
 
-def _task(cfg: Config, rt: Runtime, schedule: diffusion.Schedule):
+def _task(cfg: Config, rt: Runtime, schedule: diffusion.Schedule, say: Callable[..., None]):
     """What this run's steps read and minimize: (the batch source, the loss, a line for the log
     when it is not the plain denoising loss, the teacher of a distillation or None). The one
     place training knows about distillation (see distill.py): there the batches are the
@@ -306,7 +307,7 @@ def _task(cfg: Config, rt: Runtime, schedule: diffusion.Schedule):
     loss is the student's."""
     if not distill.is_distillation(cfg):
         # Data: the whole split on the device; this rank reads its slice of every global batch.
-        loader = BatchLoader(load_dataset(cfg.data, "train"), cfg.train.batch_size,
+        loader = BatchLoader(load_dataset(cfg.data, "train", say), cfg.train.batch_size,
                              seed=cfg.train.seed, rank=rt.rank, world_size=rt.world_size,
                              device=rt.device)
         return loader, make_loss(cfg, schedule), None, None
@@ -328,7 +329,7 @@ def train_step(parts: Parts, batches: Iterator, loss_fn: LossFn, cfg: Config,
     seed_step(rt, tc.seed, step)
     accum, total = tc.grad_accum, torch.zeros((), device=rt.device)
     for micro in range(accum):
-        x0, y = next(batches)  # this rank's slice of the global batch: (B/W, 1, 28, 28), (B/W,)
+        x0, y = next(batches)  # this rank's slice of the global batch: (B/W, C, S, S), (B/W,)
         last = micro == accum - 1
         sync = contextlib.nullcontext() if parts.ddp is None or last else parts.ddp.no_sync()
         with sync:
@@ -534,12 +535,17 @@ def train(cfg: Config, out_dir: str | Path, *, resume: str | Path | None = None,
 def _train(cfg: Config, out_dir: Path, resume: Path | None, rt: Runtime, progress: bool,
            console, stack: contextlib.ExitStack) -> TrainResult:
     check_new_run(out_dir, resuming=resume is not None)
-    s = _setup(cfg, rt, out_dir, resume, _messages(console))
+    say = _messages(console)
+    # A folder dataset's classes become the config's (data.classes, model.num_classes), so the
+    # checkpoint names them and a resumed run is checked against them.
+    if not distill.is_distillation(cfg):  # (a student keeps its teacher's classes)
+        cfg = adopt_classes(cfg, say)
+    s = _setup(cfg, rt, out_dir, resume, say)
     if rt.is_main:
         # Nothing is created before this point, so a run that cannot start (no data, a bad
         # checkpoint) leaves no folder behind; from here on the folder is ours alone.
         stack.enter_context(run_lock(out_dir))
-        open_run(out_dir, cfg, s.start_step, resume is not None, s.say)
+        open_run(out_dir, s.cfg, s.start_step, resume is not None, s.say)
         _announce(s, resume)
     if s.teacher is not None:  # the teacher's trajectories: computed once, cached
         teacher = s.teacher
@@ -564,7 +570,7 @@ def _setup(cfg: Config, rt: Runtime, out_dir: Path, resume: Path | None,
     d = cfg.diffusion
     schedule = diffusion.make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                        rt.device)
-    loader, loss_fn, loss_note, teacher = _task(cfg, rt, schedule)
+    loader, loss_fn, loss_note, teacher = _task(cfg, rt, schedule, say)
     total_steps = tc.max_steps or tc.epochs * len(loader) // tc.grad_accum
     parts = build_parts(cfg, rt, total_steps)
     if teacher is not None and ckpt is None:  # a new student starts as its teacher
@@ -690,7 +696,7 @@ def _sample_grid(s: Session, step: int) -> None:
     """samples/step-NNNNNN.png: 8 samples of each class from the EMA (else the raw) weights."""
     model = s.parts.model
     pipe = Pipeline(s.parts.ema or model, s.cfg, device=s.rt.device)
-    grid = pipe.sample(range(s.cfg.model.num_classes), n=8).images  # (classes * 8, 28, 28)
+    grid = pipe.sample(range(s.cfg.model.num_classes), n=8).images  # (classes * 8, [3,] S, S)
     model.train()  # the pipeline put the network in eval mode
     path = save_image(image_grid(grid, nrow=8, scale=2),
                       s.out_dir / "samples" / f"step-{step:06d}.png")  # row c: class c

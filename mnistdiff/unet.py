@@ -1,4 +1,5 @@
-"""The noise-prediction network: a class-conditional U-Net for 28x28 images.
+"""The noise-prediction network: a class-conditional U-Net for 28x28 images (or any size the
+levels can halve, 32x32 or 64x64, grey or RGB: see ``image_size`` and ``in_channels``).
 
 The layout follows DDPM (Ho et al. 2020, App. B) scaled down for MNIST:
 
@@ -42,7 +43,7 @@ from torch import nn
 # count_parameters(build_model(cfg)). Change both together.
 from .config import check_model_size, estimate_parameters  # noqa: F401  (re-exported)
 
-IMAGE_SIZE = 28  # MNIST and Fashion-MNIST are 28x28
+IMAGE_SIZE = 28  # MNIST and Fashion-MNIST are 28x28; other datasets set data.image_size
 
 
 def group_norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -134,13 +135,15 @@ class Upsample(nn.Module):
 
 
 def _check_arguments(channels: Sequence[int], num_res_blocks: int, emb_dim: int, dropout: float,
-                     num_classes: int, groups: int, in_channels: int, patch_size: int = 1) -> None:
-    """Raise ValueError (one line) for a configuration the network cannot be built from."""
+                     num_classes: int, groups: int, in_channels: int, patch_size: int = 1,
+                     image_size: int = IMAGE_SIZE) -> None:
+    """Raise ValueError (one line) for a configuration the network cannot be built from, for
+    images of ``image_size`` x ``image_size`` pixels."""
     if len(channels) == 0 or any(c < 1 for c in channels):
         raise ValueError(f"channels must be a non-empty list of positive integers, got {list(channels)}")
-    if patch_size < 1 or IMAGE_SIZE % patch_size != 0:
-        raise ValueError(f"patch_size must divide {IMAGE_SIZE}, got {patch_size} (use 1, 2 or 4)")
-    size, factor = IMAGE_SIZE // patch_size, 2 ** (len(channels) - 1)
+    if patch_size < 1 or image_size % patch_size != 0:
+        raise ValueError(f"patch_size must divide {image_size}, got {patch_size} (use 1, 2 or 4)")
+    size, factor = image_size // patch_size, 2 ** (len(channels) - 1)
     if size % factor != 0:
         levels = max(i + 1 for i in range(len(channels)) if size % 2 ** i == 0)
         raise ValueError(
@@ -172,10 +175,11 @@ class ConditionalUNet(nn.Module):
         groups: int = 8,
         in_channels: int = 1,
         patch_size: int = 1,
+        image_size: int = IMAGE_SIZE,
     ):
         super().__init__()
         _check_arguments(channels, num_res_blocks, emb_dim, dropout, num_classes, groups, in_channels,
-                         patch_size)
+                         patch_size, image_size)
         channels = list(channels)
         self.num_classes, self.patch_size = num_classes, patch_size
         # input height and width must be multiples of this
@@ -252,20 +256,22 @@ class ConditionalUNet(nn.Module):
         return F.pixel_shuffle(out, p) if p > 1 else out  # (B, C, H, W)
 
 
-def build_model(model_cfg) -> ConditionalUNet:
-    """The U-Net described by a ``ModelConfig``; a bad combination is a one-line ConfigError,
-    and so is a model too large to build (checked in closed form before any layer exists, for
-    a ModelConfig that did not come through config validation)."""
+def build_model(model_cfg, image_size: int = IMAGE_SIZE) -> ConditionalUNet:
+    """The U-Net described by a ``ModelConfig`` for ``image_size`` pixels a side (the config's
+    data.image_size); a bad combination is a one-line ConfigError, and so is a model too large
+    to build (checked in closed form before any layer exists, for a ModelConfig that did not
+    come through config validation)."""
     from dataclasses import asdict
 
     from .errors import ConfigError
 
     try:
-        _check_arguments(**{k: v for k, v in asdict(model_cfg).items() if k != "attention"})
+        _check_arguments(**{k: v for k, v in asdict(model_cfg).items() if k != "attention"},
+                         image_size=image_size)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     check_model_size(model_cfg)
     try:
-        return ConditionalUNet(**asdict(model_cfg))
+        return ConditionalUNet(**asdict(model_cfg), image_size=image_size)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None

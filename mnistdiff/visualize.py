@@ -3,6 +3,10 @@
 Everything here is pure: uint8 arrays (or [-1, 1] tensors) in, PIL images out; only the
 ``save_*`` functions touch the disk, and they write atomically (temp file + rename).
 Images are upscaled with nearest-neighbour so MNIST's pixels stay crisp.
+
+Grey images come as (N, H, W) or (N, 1, H, W) and make grey ("L") pictures; RGB images as
+(N, 3, H, W), channels first as in torch, and make RGB pictures (captions and labels in white
+either way). GIFs of RGB frames share one palette computed from all their frames.
 """
 
 from __future__ import annotations
@@ -22,17 +26,26 @@ from .files import check_animation_path, write_atomic  # noqa: F401 (re-exported
 
 
 def as_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N,H,W) or (N,1,H,W) uint8 or float in [-1, 1] -> (N,H,W) uint8 numpy."""
+    """(N,H,W), (N,1,H,W) or (N,3,H,W) uint8 or float in [-1, 1] -> (N,H,W) or (N,H,W,3)
+    uint8 numpy (grey, or RGB in the layout PIL reads; an (N,H,W,3) array, as this returns,
+    is taken as it is)."""
     if isinstance(images, torch.Tensor):
         if images.is_floating_point():
             images = to_uint8(images.detach().float())
         images = images.to(torch.uint8).cpu().numpy()
     images = np.asarray(images)
-    if images.ndim == 4:
-        images = images[:, 0]
+    if images.ndim == 4 and not (images.shape[3] == 3 and images.shape[1] not in (1, 3)):
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"expected (N, 1, H, W) or (N, 3, H, W) images, got "
+                             f"{images.shape}")
+        images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
     if images.dtype != np.uint8:
         raise ValueError(f"expected uint8 images, got {images.dtype}")
     return images
+
+
+def _white(mode: str) -> int | tuple[int, int, int]:
+    return (255, 255, 255) if mode == "RGB" else 255
 
 
 def image_grid(images: torch.Tensor | np.ndarray, nrow: int, padding: int = 2, scale: int = 1,
@@ -41,16 +54,16 @@ def image_grid(images: torch.Tensor | np.ndarray, nrow: int, padding: int = 2, s
     them (``torchvision.utils.make_grid``'s layout; the last row is completed with blank cells);
     upscale by ``scale`` with nearest-neighbour so pixels stay crisp. Plain numpy: importing
     torchvision for this took ~2 s of every ``mnistdiff sample`` on a 2-core CPU."""
-    imgs = as_uint8(images)  # (N, H, W)
-    n, h, w = imgs.shape
+    imgs = as_uint8(images)  # (N, H, W) or (N, H, W, 3)
+    n, h, w = imgs.shape[:3]
     rows = -(-n // nrow)
-    canvas = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding), pad_value,
-                     dtype=np.uint8)
+    canvas = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding,
+                      *imgs.shape[3:]), pad_value, dtype=np.uint8)
     for k, img in enumerate(imgs):
         r, c = divmod(k, nrow)
         top, left = r * (h + padding) + padding, c * (w + padding) + padding
         canvas[top:top + h, left:left + w] = img
-    grid = Image.fromarray(canvas, mode="L")
+    grid = Image.fromarray(canvas, mode="L" if imgs.ndim == 3 else "RGB")
     if scale != 1:
         grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
     return grid
@@ -80,12 +93,13 @@ def labelled_grid(images: torch.Tensor | np.ndarray, names: Sequence[str], *, ma
     font = _font(scale)
     row_height = (imgs.shape[1] + padding) * scale
     label_width = int(max(font.getlength(name) for name in names)) + 2 * padding * scale + 4
-    canvas = Image.new("L", (label_width + grid.width, grid.height), 0)
+    canvas = Image.new(grid.mode, (label_width + grid.width, grid.height), 0)
     canvas.paste(grid, (label_width, 0))
     draw = ImageDraw.Draw(canvas)
     for g, name in enumerate(names):
         y_mid = padding * scale + g * rows_per_group * row_height + (row_height - padding * scale) / 2
-        draw.text((label_width - padding * scale - 2, y_mid), name, fill=255, font=font, anchor="rm")
+        draw.text((label_width - padding * scale - 2, y_mid), name, fill=_white(grid.mode),
+                  font=font, anchor="rm")
     return canvas
 
 
@@ -104,27 +118,30 @@ def add_caption(image: Image.Image, text: str, *, scale: int = 1) -> Image.Image
     """``image`` with a band of ``text`` (white on black, centred) underneath."""
     font = _font(scale)
     band = int(font.size * 1.6)
-    canvas = Image.new("L", (image.width, image.height + band), 0)
-    canvas.paste(image.convert("L"), (0, 0))
-    ImageDraw.Draw(canvas).text((image.width / 2, image.height + band / 2), text, fill=255,
-                                font=font, anchor="mm")
+    mode = "RGB" if image.mode == "RGB" else "L"
+    canvas = Image.new(mode, (image.width, image.height + band), 0)
+    canvas.paste(image.convert(mode), (0, 0))
+    ImageDraw.Draw(canvas).text((image.width / 2, image.height + band / 2), text,
+                                fill=_white(mode), font=font, anchor="mm")
     return canvas
 
 
 def animation_frames(frames: torch.Tensor | np.ndarray, captions: Sequence[str], *, scale: int = 4,
                      padding: int = 2) -> list[Image.Image]:
-    """Frames (F, D, H, W) uint8 of D digits -> F captioned images, the digits side by side."""
+    """Frames (F, D, H, W) (or (F, D, 3, H, W)) uint8 of D digits -> F captioned images, the
+    digits side by side."""
     frames = np.asarray(frames)
     return [add_caption(image_grid(f, nrow=f.shape[0], padding=padding, scale=scale), c, scale=scale)
             for f, c in zip(frames, captions)]
 
 
 def frame_strip(frames: torch.Tensor | np.ndarray, *, scale: int = 2, padding: int = 2) -> Image.Image:
-    """Frames (F, D, H, W) uint8 -> one image with a row per digit and a column per frame."""
+    """Frames (F, D, H, W) (or (F, D, 3, H, W)) uint8 -> one image with a row per digit and a
+    column per frame."""
     frames = np.asarray(frames)
-    f, d, h, w = frames.shape
-    return image_grid(frames.transpose(1, 0, 2, 3).reshape(d * f, h, w), nrow=f, padding=padding,
-                      scale=scale)
+    f, d = frames.shape[:2]
+    return image_grid(frames.swapaxes(0, 1).reshape(d * f, *frames.shape[2:]), nrow=f,
+                      padding=padding, scale=scale)
 
 
 # --------------------------------------------------------------------------------- files
@@ -148,18 +165,26 @@ def check_timing(fps: float, hold: float) -> None:
 
 
 def gif_bytes(stack: np.ndarray, durations: Sequence[int]) -> bytes:
-    """A looping GIF of grayscale frames (F, H, W) uint8 with per-frame durations in ms.
+    """A looping GIF of grayscale frames (F, H, W) (or RGB frames (F, H, W, 3)) uint8 with
+    per-frame durations in ms.
 
-    Every frame is a palette image with the same 256-gray palette and no frame-to-frame
-    optimisation, so each frame decodes to exactly its pixels. (imageio's writer let Pillow store
-    an all-black first frame as mode L and the rest as P, which imageio.v3.imread then could not
-    read: "No packer found from P to L".)"""
-    palette = [v for g in range(256) for v in (g, g, g)]
-    frames = []
-    for frame in stack:
-        image = Image.frombytes("P", (frame.shape[1], frame.shape[0]), frame.tobytes())
-        image.putpalette(palette)
-        frames.append(image)
+    Every frame is a palette image with the same palette and no frame-to-frame optimisation:
+    for grey frames 256 grays, so each frame decodes to exactly its pixels; for RGB frames the
+    256 colours median cut finds in all of them together (not dithered). (imageio's writer let
+    Pillow store an all-black first frame as mode L and the rest as P, which imageio.v3.imread
+    then could not read: "No packer found from P to L".)"""
+    if stack.ndim == 4:
+        every = Image.fromarray(np.ascontiguousarray(stack.reshape(-1, *stack.shape[2:])), "RGB")
+        palette_image = every.quantize(256, method=Image.Quantize.MEDIANCUT)
+        frames = [Image.fromarray(f, "RGB").quantize(palette=palette_image,
+                                                     dither=Image.Dither.NONE) for f in stack]
+    else:
+        palette = [v for g in range(256) for v in (g, g, g)]
+        frames = []
+        for frame in stack:
+            image = Image.frombytes("P", (frame.shape[1], frame.shape[0]), frame.tobytes())
+            image.putpalette(palette)
+            frames.append(image)
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:],
                    duration=list(durations), loop=0, optimize=False, disposal=1)
@@ -173,11 +198,13 @@ def save_animation(images: Sequence[Image.Image], path: str | Path, *, fps: floa
     check_animation_path(path)
     check_timing(fps, hold)
     path = Path(path)
-    stack = np.stack([np.asarray(im.convert("L")) for im in images])  # (F, H, W) uint8
+    mode = "RGB" if any(im.mode == "RGB" for im in images) else "L"
+    stack = np.stack([np.asarray(im.convert(mode)) for im in images])  # (F, H, W[, 3]) uint8
     if path.suffix.lower() == ".mp4":
         import imageio.v3 as iio
 
-        stack = np.pad(stack, ((0, 0), (0, stack.shape[1] % 2), (0, stack.shape[2] % 2)))  # even size
+        even = ((0, 0), (0, stack.shape[1] % 2), (0, stack.shape[2] % 2))
+        stack = np.pad(stack, even + ((0, 0),) * (stack.ndim - 3))  # even size
         held = np.repeat(stack[-1:], math.ceil(hold * fps), axis=0)
         data = iio.imwrite("<bytes>", np.concatenate([stack, held]), extension=".mp4",
                            plugin="FFMPEG", fps=fps, macro_block_size=2)

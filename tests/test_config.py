@@ -145,7 +145,7 @@ def test_choices_come_from_the_registries(monkeypatch):
     with pytest.raises(ConfigError, match="diffusion.objective: got 'x0', expected one of 'eps', 'v'$"):
         load_config(None, ["diffusion.objective=x0"])
     with pytest.raises(ConfigError, match="data.dataset: got 'kmnist', expected one of 'mnist', "
-                                          "'fashion-mnist'$"):
+                                          "'fashion-mnist', 'folder', 'cifar10'$"):
         load_config(None, ["data.dataset=kmnist"])
     monkeypatch.setitem(samplers.SAMPLERS, "euler", samplers.ddim)  # a new entry is a new choice
     assert load_config(None, ["sample.sampler=euler"]).sample.sampler == "euler"
