@@ -279,7 +279,7 @@ def sample(
     mask: Annotated[O[P], _opt("--mask", help="PNG, white = keep the --init-image pixel "
                                "(default: its non-black pixels).")] = None,
     resample: Annotated[I, _opt("--resample", help="RePaint: redo each inpainting step this "
-                                "many times, 1 to 20.", show_default=True)] = 1,
+                                "many times, 1 to 20 (2 blends the seam).", show_default=True)] = 2,
 ) -> None:
     """Generate digits: a grid PNG (one labelled row per class, or a square grid for one class).
 

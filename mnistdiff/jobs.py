@@ -204,7 +204,7 @@ class SampleJob:
     init_image: Optional[Path] = None
     mask: Optional[Path] = None
     drawing: Any = None  # (pixels, keep) arrays, from init_image/mask or given by the page
-    resample: int = 1
+    resample: int = 2  # pipeline.RESAMPLE
     pipe: Any = None
     s: Any = None  # the validated pipeline.Settings, after bind
 
@@ -213,7 +213,7 @@ class SampleJob:
                     out: str | Path = "samples.png", npz: str | Path | None = None,
                     individual: str | Path | None = None, scale: int = 2,
                     batch_size: Optional[int] = None, init_image: str | Path | None = None,
-                    mask: str | Path | None = None, drawing: Any = None, resample: int = 1,
+                    mask: str | Path | None = None, drawing: Any = None, resample: int = 2,
                     checkpoint: Optional[str] = None, **settings) -> SampleJob:
         n = whole("--n", n, "n", " images per class")
         scale = whole("--scale", scale, "scale")
@@ -330,7 +330,7 @@ class SampleJob:
         what = _what(p, self.classes, self.n)
         if self.drawing is not None:
             what += f", completing {self.init_image or 'the drawing'}" + (
-                f" (resample {self.resample})" if self.resample > 1 else "")
+                f" (resample {self.resample})" if self.resample != 2 else "")
         summary = (f"{self.total} images ({what}) with {self.s.describe()}: {samples.nfe} NFE, "
                    f"{samples.seconds:.1f} s" + (f"; the grid shows the first {self.shown} of each "
                                                  f"{_noun(p, False)}" if self.shown < self.n else ""))
@@ -343,7 +343,7 @@ class SampleJob:
         if self.drawing is not None:
             tail.append(f"--init-image {self.init_image.name if self.init_image else 'drawing.png'}"
                         f" --mask {self.mask.name if self.mask else 'mask.png'}")
-            if self.resample > 1:
+            if self.resample != 2:  # the default, pipeline.RESAMPLE
                 tail.append(f"--resample {self.resample}")
         what = f"{_class_flags(self.classes, len(self.pipe.classes))} --n {self.n}"
         return _command(self.pipe, "sample", what, self.s, " ".join(tail))

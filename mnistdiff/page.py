@@ -150,7 +150,7 @@ class App:
         rid, folder = self.folder()
         job = jobs.SampleJob.from_values(
             classes=classes, n=n, out=folder / "completed.png", npz=folder / "completed.npz",
-            drawing=(pixels, keep), resample=_whole(body, "resample", 1),
+            drawing=(pixels, keep), resample=_whole(body, "resample", 2),
             **_settings(body)).bind(pipe)
         job.init_image, job.mask = folder / "drawing.png", folder / "mask.png"
 

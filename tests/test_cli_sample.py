@@ -159,7 +159,7 @@ BAD = [
     (["sample", "--sampler", "euler"], "unknown sampler"),
     (["sample", "--checkpoint", "{broken}/missing.pt"], "not found"),
     (["sample", "--checkpoint", "{broken}/truncated.pt"], "truncated"),
-    (["sample", "--checkpoint", "{broken}/other.pt"], "shape"),
+    (["sample", "--checkpoint", "{broken}/other.pt"], "do not fit its model config"),
     (["animate", "--frames", "12"], "frames: got 12"),
     (["animate", "--out", "{out}/d.avi"], ".gif or .mp4"),
     # issue 13
