@@ -210,6 +210,7 @@ function renderCard() {
 // ------------------------------------------------------------------------- Make
 
 let makeAbort = null; // the Make request in flight, replaced by the next one
+let changedAt = null; // when a control last changed in live mode (for data-change-ms)
 
 function setupMake() {
   const section = $("#make");
@@ -232,6 +233,10 @@ function setupMake() {
         }
       }, controller.signal);
       section.dataset.madeMs = String(Math.round(performance.now() - started));
+      if (changedAt !== null) { // from the change to this grid, the debounce included
+        section.dataset.changeMs = String(Math.round(performance.now() - changedAt));
+        changedAt = null;
+      }
       const box = $(".result", section);
       $(".grid", box).src = result.grid;
       $(".summary", box).textContent = result.summary;
@@ -252,6 +257,7 @@ function setupLive() {
   let timer = null;
   const again = (event) => {
     if (!$("#live").checked || event.target.name === "live") return;
+    changedAt = changedAt ?? performance.now();
     clearTimeout(timer);
     timer = setTimeout(() => form.requestSubmit(), 120);
   };
