@@ -3,13 +3,14 @@
     python scripts/bench_web.py -k mnist-fast                # export to a temp folder, then time
     python scripts/bench_web.py --site site/ --repeats 5 --json
 
-For each mode (a plain static server, as python -m http.server; and one that sends the COOP and
-COEP headers, so the page is cross-origin isolated and onnxruntime-web may use threads) it
-measures, median of --repeats:
+For each mode (a plain static server, as python -m http.server: one thread; and one that sends
+the COOP and COEP headers, so the page is cross-origin isolated and onnxruntime-web may use
+--threads threads) it measures, median of --repeats:
 
 - first grid: ms from opening the page (navigation start) to the first finished grid of 16;
-- control change: ms from a digit button's click to the finished grid of 16 (and to the first
-  step's preview);
+- control change: ms from a digit button's click to the finished grid of 16 new digits (and to
+  the first step's preview); then the count up by one (one new image) and back to a digit
+  shown before (its 16 kept, 3 new);
 - the sampler alone (the page's own function, no drawing) at batches 1, 16 and 100.
 """
 
@@ -61,8 +62,20 @@ def serve(folder: Path, isolated: bool):
         server.server_close()
 
 
+def wait(page, labels: str) -> None:
+    page.wait_for_function(
+        "(labels) => document.querySelector('#grid').dataset.labels === labels && "
+        "document.querySelector('#grid').dataset.shows === 'done' && "
+        "document.body.dataset.state === 'done'", arg=labels, timeout=120_000)
+
+
+def click(page, selector: str, labels: str) -> None:
+    page.locator(selector).click()
+    wait(page, labels)
+
+
 def measure(browser, url: str, repeats: int, batches: list[int]) -> dict:
-    firsts, changes, previews, marks = [], [], [], []
+    firsts, changes, previews, marks, grows, revisits = [], [], [], [], [], []
     sampler = {b: [] for b in batches}
     for r in range(repeats):
         context = browser.new_context(viewport={"width": 1100, "height": 900})
@@ -75,15 +88,17 @@ def measure(browser, url: str, repeats: int, batches: list[int]) -> dict:
         firsts.append(float(page.evaluate("document.body.dataset.firstGridMs")))
         marks.append(page.evaluate("window.mnistdiffPage.marks"))
         threads = page.evaluate("window.mnistdiffPage.threads")
-        for d in (1, 2, 3, 4, 5, 6):  # a click on a digit, until its grid is done
-            page.locator("#digits label").nth(d).click()
-            page.wait_for_function(
-                f"document.querySelector('#grid').dataset.shows === 'done' && "
-                f"document.querySelector('#grid').dataset.labels.startsWith('{d}') && "
-                f"document.body.dataset.state === 'done'", timeout=120_000)
+        for d in (1, 2, 3, 4, 5, 6):  # a click on a digit not shown before: 16 new images
+            click(page, f"#digits label >> nth={d}", f"{d}," * 15 + f"{d}")
+        for n in (17, 18, 19):  # the count up by one: one new image, the others kept
+            page.locator("#count").fill(str(n))
+            wait(page, ",".join(["6"] * n))
+        click(page, "#digits label >> nth=2", ",".join(["2"] * 19))  # back to a digit: 16 kept
         timings = page.evaluate("window.mnistdiffPage.timings")[1:]
-        changes += [t["ms"] for t in timings]
-        previews += [t["previewMs"] for t in timings if t["previewMs"] is not None]
+        changes += [t["ms"] for t in timings if t["computed"] == 16]
+        previews += [t["previewMs"] for t in timings if t["computed"] == 16]
+        grows += [t["ms"] for t in timings if t["computed"] == 1]
+        revisits += [t["ms"] for t in timings if t["computed"] == 3 and t["count"] == 19]
         for b in batches:
             sampler[b].append(page.evaluate(SAMPLE_JS, b))
         context.close()
@@ -92,6 +107,7 @@ def measure(browser, url: str, repeats: int, batches: list[int]) -> dict:
             "fetched_ms": med([m["fetched"] for m in marks]),
             "session_ms": med([m["session"] for m in marks]),
             "change_preview_ms": med(previews) if previews else None,
+            "count_up_one_ms": med(grows), "back_to_a_digit_ms": med(revisits),
             "sampler_ms": {b: med(v) for b, v in sampler.items()},
             "runs": {"first_grid_ms": firsts, "change_ms": changes}}
 
@@ -102,6 +118,8 @@ def main() -> None:
     ap.add_argument("--site", type=Path, help="an exported site (default: export one)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", default="1,16,100")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="onnxruntime-web's threads when isolated (the page's ?threads=)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -118,9 +136,11 @@ def main() -> None:
         rows = {}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=ARGS)
-            for mode, isolated in (("plain server", False), ("cross-origin isolated", True)):
+            modes = (("plain server", False, ""),
+                     ("cross-origin isolated", True, f"?threads={args.threads}"))
+            for mode, isolated, query in modes:
                 with serve(site, isolated) as url:
-                    rows[mode] = measure(browser, url, args.repeats,
+                    rows[mode] = measure(browser, url + query, args.repeats,
                                          [int(b) for b in args.batches.split(",")])
             browser.close()
     if args.json:
@@ -133,7 +153,9 @@ def main() -> None:
               f"{r['fetched_ms']:.0f} ms, session ready {r['session_ms']:.0f} ms, "
               f"first grid {r['first_grid_ms']:.0f} ms, "
               f"control change -> 16 digits {r['change_ms']:.0f} ms (first step shown after "
-              f"{r['change_preview_ms']:.0f} ms); sampler alone {per}")
+              f"{r['change_preview_ms']:.0f} ms); count up by one {r['count_up_one_ms']:.0f} ms, "
+              f"back to a digit (16 kept, 3 new) {r['back_to_a_digit_ms']:.0f} ms; sampler "
+              f"alone {per}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ const SIZE = 28; // MNIST images are 28 x 28
 const GAP = 2;   // pixels between the digits of the grid canvas
 const SEED_MAX = 4294967295;
 const page = { cfg: null, session: null, threads: 1, pending: null, running: false, error: false,
-               token: 0, first: null, trajectory: null, timings: [], marks: {} };
+               token: 0, first: null, trajectory: null, timings: [], marks: {},
+               cache: new Map() };
 // For the tests, scripts/bench_web.py and the curious: the timings of each grid, and the sampler.
 window.mnistdiffPage = page;
 Object.assign(page, { sample: (...args) => sample(...args), ort });
@@ -146,14 +147,17 @@ async function network(x, t, labels) {
 //   x_s = α_s x0 + σ_s ε                                            (eq. 12 with σ = 0)
 // The grid's last (α, σ) is (1, 0), the clean image, so x ends as the final predicted x0.
 // ``onStep(i, x0)`` sees every step's predicted x0 (the page shows it while the rest runs);
-// ``noise``, when given, is the starting x_T itself (the tests compare with samplers.ddim).
+// ``noise``, when given, is the starting x_T itself (the tests compare with samplers.ddim);
+// otherwise image k draws the noise of image ``indices[k]`` (default k) of the seed.
 // Returns null when a newer request superseded this one (checked after every step).
-async function sample(labels, seed, token, onStep = null, noise = null) {
+async function sample(labels, seed, token, onStep = null, noise = null, indices = null) {
   const { cfg } = page;
   const per = cfg.image.channels * SIZE * SIZE, n = labels.length;
   const x = noise ? Float32Array.from(noise) : new Float32Array(n * per);
   const x0s = new Float32Array(n * per);
-  if (!noise) for (let i = 0; i < n; i++) gaussians(seed, i, x.subarray(i * per, (i + 1) * per));
+  if (!noise) {
+    for (let i = 0; i < n; i++) gaussians(seed, indices ? indices[i] : i, x.subarray(i * per, (i + 1) * per));
+  }
   const { timesteps, alphas, sigmas } = cfg.grid;
   const v = cfg.objective === 'v', clip = cfg.sample.clip_x0;
   const trajectory = { x: [x.slice(0, per)], x0: [] };
@@ -276,35 +280,72 @@ function request() {
   if (!page.running) pump();
 }
 
+// Finished images are kept by (digit, seed, index): image i's noise is its own stream, so a
+// grid that grows by one image computes that one, and one that shrinks or comes back computes
+// none. The least recently shown (digit, seed) goes first past CACHE_IMAGES (~12 MB).
+const CACHE_IMAGES = 4000;
+
+function cacheEntry(digit, seed) {
+  const key = `${digit}:${seed}`;
+  const entry = page.cache.get(key) ?? { images: [], trajectory: null };
+  page.cache.delete(key);
+  page.cache.set(key, entry); // a Map keeps insertion order: the most recent is last
+  let total = 0;
+  for (const e of page.cache.values()) total += e.images.length;
+  for (const [k, e] of page.cache) {
+    if (total <= CACHE_IMAGES || e === entry) break;
+    total -= e.images.length;
+    page.cache.delete(k);
+  }
+  return entry;
+}
+
 async function pump() {
   page.running = true;
   try {
     while (page.pending) {
       const req = page.pending, token = page.token;
       page.pending = null;
+      const per = page.cfg.image.channels * SIZE * SIZE;
       const labels = new Array(req.count).fill(req.digit);
+      const entry = cacheEntry(req.digit, req.seed);
+      const missing = [];
+      for (let i = 0; i < req.count; i++) if (!entry.images[i]) missing.push(i);
+      const assemble = (fresh) => { // the grid: kept images, and the new ones (or their x0)
+        const x = new Float32Array(req.count * per);
+        for (let i = 0; i < req.count; i++) if (entry.images[i]) x.set(entry.images[i], i * per);
+        if (fresh) missing.forEach((i, k) => x.set(fresh.subarray(k * per, (k + 1) * per), i * per));
+        return x;
+      };
       const start = performance.now();
       let preview = null;
-      const result = await sample(labels, req.seed, token, (i, x0) => {
-        drawGrid(x0, labels, req.seed, `step ${i + 1}`); // the prediction so far, while it runs
-        preview = preview ?? performance.now() - req.asked;
-        $('status').textContent = `step ${i + 1} of ${page.cfg.sample.steps}\u2026`;
-      });
-      if (!result) continue; // superseded: the newer request is pending
-      drawGrid(result.x, labels, req.seed, 'done');
+      if (missing.length) {
+        const result = await sample(missing.map(() => req.digit), req.seed, token, (i, x0) => {
+          drawGrid(assemble(x0), labels, req.seed, `step ${i + 1}`); // the prediction so far
+          preview = preview ?? performance.now() - req.asked;
+          $('status').textContent = `step ${i + 1} of ${page.cfg.sample.steps}\u2026`;
+        }, null, missing);
+        if (!result) continue; // superseded: the newer request is pending
+        missing.forEach((i, k) => { entry.images[i] = result.x.slice(k * per, (k + 1) * per); });
+        if (missing[0] === 0) entry.trajectory = result.trajectory; // the first image's steps
+      }
+      drawGrid(assemble(null), labels, req.seed, 'done');
       const done = performance.now();
-      page.trajectory = result.trajectory;
+      page.trajectory = entry.trajectory;
       showStep();
       const timing = { count: req.count, digit: req.digit, seed: req.seed, previewMs: preview,
-                       ms: done - req.asked, sampleMs: done - start, at: done };
+                       computed: missing.length, ms: done - req.asked, sampleMs: done - start,
+                       at: done };
       page.timings.push(timing);
       if (page.first === null) {
         page.first = done; // ms since the page was opened (performance.now's origin)
         document.body.dataset.firstGridMs = done.toFixed(0);
       }
-      const name = page.cfg.classes[req.digit];
+      const name = page.cfg.classes[req.digit], steps = page.cfg.sample.steps;
+      const made = missing.length === req.count ? '' : missing.length === 0 ? ', all kept'
+        : `, ${missing.length} new`;
       $('status').textContent = `${req.count} × ${name} in ${timing.ms.toFixed(0)} ms ` +
-        `(${page.cfg.sample.steps} step${page.cfg.sample.steps > 1 ? 's' : ''}, seed ${req.seed})` +
+        `(${steps} step${steps > 1 ? 's' : ''}, seed ${req.seed}${made})` +
         (page.timings.length === 1 ? `; first grid ${done.toFixed(0)} ms after opening` : '');
       document.body.dataset.latencyMs = timing.ms.toFixed(1);
     }
