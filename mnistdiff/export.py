@@ -179,7 +179,7 @@ def settings_json(loaded, model_file: str, onnx_bytes: bytes, diff: float) -> di
                      s.steps, s.spacing)
     return {
         "format": FORMAT,
-        "name": loaded.info.get("name") or Path(loaded.info["path"]).stem,
+        "name": loaded.info.get("name") or _run_name(Path(loaded.info["path"])),
         "source": loaded.info.get("source"),
         "checkpoint_sha256": loaded.info.get("sha256"),
         "mnistdiff": __version__,
@@ -206,6 +206,11 @@ def settings_json(loaded, model_file: str, onnx_bytes: bytes, diff: float) -> di
                      "torch": torch.__version__, "batches": list(VERIFY_BATCHES),
                      "max_abs_diff": diff, "tolerance": TOLERANCE},
     }
+
+
+def _run_name(path: Path) -> str:
+    """A user's checkpoint by name: its run folder's for runs/NAME/checkpoints/last.pt."""
+    return path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
 
 
 def _export(spec, ema: bool, model_file: str, check: Callable | None = None):

@@ -315,6 +315,16 @@ def test_bad_counts_get_a_message_and_the_page_keeps_working(fast):
     assert fast.locator("#message").text_content() == ""
 
 
+def test_the_page_opened_as_a_file_says_to_serve_it(browser, sites):
+    _, root = sites
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto((root / "fast" / "index.html").as_uri())
+    page.wait_for_function("document.body.dataset.state === 'error'", timeout=WAIT)
+    assert "python -m http.server" in page.locator("#message").text_content()
+    context.close()
+
+
 def python_ddim(spec, noise: np.ndarray, labels: list[int]) -> np.ndarray:
     """samplers.ddim on the same starting noise, as the pipeline runs it (guidance included)."""
     import mnistdiff
