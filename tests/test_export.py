@@ -163,6 +163,19 @@ def test_the_onnxruntime_backend_samples_the_same_digits():
         mnistdiff.load("mnist-fast", backend="tensorrt")
 
 
+def test_the_benchmark_script_runs(tiny_checkpoint):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_onnx.py"), "-k",
+                          str(tiny_checkpoint), "--batches", "2", "--repeats", "1", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads(out.stdout)
+    assert row["batch"] == 2 and row["torch_s"] > 0 and row["onnxruntime_s"] > 0
+    assert row["max_abs_diff"] < 1e-3
+
+
 # --------------------------------------------------------------------------------- the page
 
 def chromium() -> str | None:
@@ -194,7 +207,7 @@ def sites(tiny_checkpoint, tmp_path_factory):
     try:
         export.runtime_files()
     except MnistdiffError as e:
-        pytest.skip(f"onnxruntime-web's files are missing: {e}")
+        pytest.skip(str(e))
     root = tmp_path_factory.mktemp("sites")
     result = export.export_web("mnist-fast", root / "fast")
     assert result.files[0] == root / "fast" / "index.html"
