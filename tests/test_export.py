@@ -328,6 +328,27 @@ def test_bad_counts_get_a_message_and_the_page_keeps_working(fast):
     assert fast.locator("#message").text_content() == ""
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_page_follows_the_students_step_count(steps, browser, sites, tmp_path):
+    """A 1- or 2-step student (mnist-fast's weights re-bundled with fewer steps: the shape of
+    the student being trained) needs no change: the page reads its steps from model.json."""
+    from mnistdiff import models
+
+    models.bundle(models.resolve("mnist-fast").path, f"fast-{steps}", {}, sample={"steps": steps},
+                  models_dir=tmp_path / "models")
+    site = tmp_path / "site"
+    export.export_web(tmp_path / "models" / f"fast-{steps}" / "model.pt", site)
+    meta = json.loads((site / "model.json").read_text())
+    assert len(meta["grid"]["timesteps"]) == steps and len(meta["grid"]["alphas"]) == steps + 1
+    with static_server(site) as url, opened(browser, url) as page:
+        wait_done(page, ",".join(["0"] * 16))
+        assert page.locator("#denoise").is_visible() == (steps > 1)
+        if steps > 1:
+            assert page.locator("#scrub").get_attribute("max") == str(steps)
+        about = page.locator("#about").text_content()
+        assert ("one network pass" if steps == 1 else f"{steps} steps") in about
+
+
 def test_the_page_opened_as_a_file_says_to_serve_it(browser, sites):
     _, root = sites
     context = browser.new_context()
