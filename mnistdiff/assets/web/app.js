@@ -205,7 +205,7 @@ function drawGrid(x, labels, seed, shows) {
   const width = cols * step - GAP, height = rows * step - GAP;
   canvas.width = width;
   canvas.height = height;
-  const scale = Math.max(1, Math.min(6, Math.floor(Math.min(560, 96 * cols) / width)));
+  const scale = Math.max(1, Math.min(6, Math.floor(Math.min(600, 96 * cols) / width)));
   canvas.style.width = `${width * scale}px`;
   canvas.style.height = `${height * scale}px`;
   const ctx = canvas.getContext('2d');
@@ -236,8 +236,8 @@ function showStep() {
   drawSmall($('x0'), k > 0 ? traj.x0[k - 1] : null);
   $('scrub-label').textContent = k === 0
     ? `start: pure noise at t = ${ts[0]}`
-    : `after step ${k} of ${steps} (the network at t = ${ts[k - 1]})` +
-      (k === steps ? ': the digit' : '');
+    : k === steps ? `after step ${k} of ${steps}: the digit (last prediction at t = ${ts[k - 1]})`
+      : `after step ${k} of ${steps}: x at t = ${ts[k]}, x0 predicted at t = ${ts[k - 1]}`;
 }
 
 // ----------------------------------------------------------------------------- controls
