@@ -410,6 +410,39 @@ def evaluate(
     _report(result)
 
 
+# --------------------------------------------------------------------------------- export
+
+export_app = typer.Typer(help="Export a model: ONNX, or a static page that samples in the "
+                         "browser.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx(checkpoint: Checkpoint = None, ema: Ema = True, out_path: Annotated[
+        P, _opt("--out", "-o", help="ONNX file; its settings JSON goes beside it.",
+                show_default=True)] = P("model.onnx")) -> None:
+    """The U-Net as ONNX, checked against PyTorch; its sampling settings in a JSON beside it.
+
+    Opset 17, dynamic batch; onnxruntime must match PyTorch on random inputs or nothing is
+    written. Needs pip install "mnistdiff[export]"."""
+    from . import export
+
+    _report(export.export_onnx(checkpoint, out_path, ema=ema))
+
+
+@export_app.command("web")
+def export_web(checkpoint: Checkpoint = None, ema: Ema = True, out_dir: Annotated[
+        P, _opt("--out", "-o", help="Folder of the static site.", show_default=True)] = P("site")
+        ) -> None:
+    """A static page that makes digits in the browser (onnxruntime-web), no server needed.
+
+    For a few-step student (DDIM, eta 0), e.g. mnist-fast. Serve the folder with
+    python -m http.server -d site, or put it on any static host (docs/export.md)."""
+    from . import export
+
+    _report(export.export_web(checkpoint, out_dir, ema=ema))
+
+
 # --------------------------------------------------------------------------------- ui, doctor
 
 @app.command()

@@ -214,16 +214,21 @@ def read(spec: str | Path | None = None, *, ema: bool = True, runs_dir: str | Pa
 def load(spec: str | Path | None = None, device: str = "auto", ema: bool = True, *,
          runs_dir: str | Path = RUNS_DIR, models_dir: Path = MODELS_DIR,
          channels_last: bool | None = None, compile: bool = False,
-         default: str | None = None, bf16: bool | None = None) -> Pipeline:
+         default: str | None = None, bf16: bool | None = None,
+         backend: str = "torch") -> Pipeline:
     """A Pipeline from a checkpoint file, a run folder, a bundled model's name, "latest" (the
     newest run) or None (the newest run, else the bundled default); see :func:`resolve`.
-    ``channels_last`` and ``compile``: the fast paths of :class:`pipeline.Pipeline`."""
+    ``channels_last``, ``compile`` and ``backend``: the fast paths of :class:`pipeline.Pipeline`
+    (``backend="onnxruntime"``: the network in onnxruntime on the CPU)."""
     from .pipeline import Pipeline, resolve_device
 
+    if backend == "onnxruntime" and str(device) == "auto":
+        device = "cpu"
     dev = resolve_device(device)  # a bad device is refused before the file is read
     loaded = read(spec, ema=ema, runs_dir=runs_dir, models_dir=models_dir, default=default)
     return Pipeline(loaded.model, loaded.config, device=dev, info=loaded.info,
-                    channels_last=channels_last, compile=compile, bf16=bf16)
+                    channels_last=channels_last, compile=compile, bf16=bf16,
+                    backend=backend)
 
 
 # --------------------------------------------------------------------------------- a catalog

@@ -43,6 +43,7 @@ from .samplers import SAMPLERS, SPACINGS, Grid, ddim_sigma, ddim_step, denoise, 
 from .seeding import ImageGenerators
 from .unet import IMAGE_SIZE, count_parameters
 
+BACKENDS = ("torch", "onnxruntime")  # what runs the network (Pipeline's backend=)
 DEFAULT_FRAMES = 30  # animation frames when not asked for (fewer when there are fewer steps)
 StepCallback = Callable[[dict], None]
 
@@ -240,7 +241,8 @@ class Pipeline:
 
     def __init__(self, model: nn.Module, config: Config, *, device: str | torch.device = "auto",
                  info: dict | None = None, channels_last: bool | None = None,
-                 compile: bool = False, bf16: bool | None = None):
+                 compile: bool = False, bf16: bool | None = None,
+                 backend: str = "torch"):
         """``channels_last``: keep the weights and feed the images in channels_last (NHWC)
         memory format, which oneDNN's CPU convolutions prefer (about 20 % faster sampling on
         a CPU); None (the default) turns it on for the CPU only, where it was measured.
@@ -250,17 +252,32 @@ class Pipeline:
         itself is left as it is (channels_last samples with a copy of its weights).
         ``bf16``: the network in bf16 autocast; None (the default) is on for CUDA only: on a
         CPU with bf16 units it is faster, but its images are not the float32 ones.
-        See docs/performance.md."""
-        self.device = resolve_device(device)
+        ``backend="onnxruntime"`` (opt-in, CPU only): the network runs as its ONNX export in
+        onnxruntime (``export.onnx_network``, checked against PyTorch when made; needs
+        ``pip install "mnistdiff[export]"``), measured faster than PyTorch on a CPU thread;
+        see docs/export.md and docs/performance.md."""
+        if backend not in BACKENDS:
+            raise MnistdiffError(f"unknown backend {excerpt(backend)}; choose one of "
+                                 f"{', '.join(BACKENDS)}")
+        onnx = backend == "onnxruntime"
+        self.device = resolve_device("cpu" if onnx and str(device) == "auto" else device)
+        if onnx and (self.device.type != "cpu" or compile):
+            raise MnistdiffError("the onnxruntime backend runs on the CPU without torch.compile; "
+                                 "use device='cpu' and compile=False, or backend='torch'")
         self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)
         self.model = model.to(self.device).eval()
+        self.backend = backend
         if channels_last is None:
-            channels_last = self.device.type == "cpu"
-        self.channels_last, self.compiled = bool(channels_last), bool(compile)
+            channels_last = self.device.type == "cpu" and not onnx
+        self.channels_last, self.compiled = bool(channels_last) and not onnx, bool(compile)
         network = self.model  # a copy in channels_last, so a model the caller still trains
         if self.channels_last:  # (training's sample grids pass the live one) is never changed
             network = copy.deepcopy(self.model).to(memory_format=torch.channels_last)
         self._network = torch.compile(network) if self.compiled else network
+        if onnx:
+            from .export import onnx_network
+
+            self._network = onnx_network(self.model, config)
         self.config = config
         d = config.diffusion
         self.schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end,
@@ -274,7 +291,8 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return (f"Pipeline({self.info.get('path', 'in-memory model')}, step={self.info.get('step')}, "
-                f"{count_parameters(self.model):,} parameters, device={self.device})")
+                f"{count_parameters(self.model):,} parameters, device={self.device}"
+                + (f", backend={self.backend})" if self.backend != "torch" else ")"))
 
     @property
     def name(self) -> str:
